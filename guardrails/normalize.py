@@ -98,6 +98,8 @@ def _confusables() -> dict[str, str]:
             preferred = [c for c in candidates if c.islower()]
         else:
             preferred = []
+        if category == "Lu" and not preferred and candidates[0] == "l":
+            preferred = ["I"]  # Unicode's skeleton folds capital I to l; for case-aware matching it is I
         table[char] = (preferred or candidates)[0]
     return table
 
@@ -185,12 +187,13 @@ def hidden_runs(text: str) -> list[HiddenRun]:
 
 
 # Encoded runs. Lookarounds keep a match from starting or ending inside a longer run of the same alphabet.
+# A run of the base64 alphabet may also be hex (hex digits are a subset): _decode tries hex first for those.
 _ENCODED = regex.compile(
     r"(?P<base64>(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-]))"
-    r"|(?P<hex>(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){8,}(?![0-9A-Fa-f]))"
     r"|(?P<hexesc>(?:\\x[0-9A-Fa-f]{2}){4,})"
     r"|(?P<percent>(?:%[0-9A-Fa-f]{2}){4,})"
 )
+_HEX_RUN = regex.compile(r"(?:[0-9A-Fa-f]{2})+")
 
 
 def _readable(data: bytes) -> str | None:
@@ -201,12 +204,25 @@ def _readable(data: bytes) -> str | None:
         return None
     if not text:
         return None
+    if text.isascii() and text.isprintable():
+        # Random bytes are all printable ASCII with probability ~0.37 per byte: real text (or a nested encoding).
+        return text if len(text) >= 8 and sum(c.isalpha() for c in text) >= 4 else None
     printable = sum(1 for c in text if c.isprintable() or c in "\n\r\t")
     letters = sum(1 for c in text if c.isalpha())
     return text if printable / len(text) >= 0.95 and letters >= 4 and letters / len(text) >= 0.3 else None
 
 
-def _decode(kind: str, run: str) -> str | None:
+def _decode(kind: str, run: str) -> tuple[str, str] | None:
+    """(view kind, decoded text) for an encoded run that decodes to readable text, else None."""
+    if kind == "base64" and _HEX_RUN.fullmatch(run):
+        decoded = _readable(bytes.fromhex(run))
+        if decoded is not None:
+            return "hex", decoded
+    text = _decode_as(kind, run)
+    return None if text is None else ("hex" if kind == "hexesc" else kind, text)
+
+
+def _decode_as(kind: str, run: str) -> str | None:
     try:
         if kind == "base64":
             if not (any(c.isdigit() or c in "+/=_-" for c in run) or (run != run.lower() and run != run.upper())):
@@ -214,8 +230,6 @@ def _decode(kind: str, run: str) -> str | None:
             padded = run + "=" * (-len(run) % 4)
             altchars = b"-_" if ("-" in run or "_" in run) else None
             return _readable(base64.b64decode(padded, altchars=altchars, validate=True))
-        if kind == "hex":
-            return _readable(bytes.fromhex(run))
         if kind == "hexesc":
             return _readable(bytes.fromhex(run.replace("\\x", "")))
         if kind == "percent":
@@ -243,13 +257,13 @@ def _derived(text: str, origin: tuple[int, int] | None, depth: int, budget: list
     for match in _ENCODED.finditer(text):
         if budget[0] <= 0:
             return
-        kind = match.lastgroup
-        decoded = _decode(kind, match.group())
-        if decoded is None:
+        found = _decode(match.lastgroup, match.group())
+        if found is None:
             continue
+        kind, decoded = found
         budget[0] -= len(decoded)
         span = origin or match.span()
-        out.append(View("hex" if kind == "hexesc" else kind, decoded, span))
+        out.append(View(kind, decoded, span))
         _derived(decoded, span, depth + 1, budget, out)
 
 

@@ -195,7 +195,7 @@ def _redaction_spans(verdict: Verdict, compiled: _Compiled) -> dict[int | None, 
             continue
         scanner = by_id[result.scanner_id]
         for finding in result.findings:
-            if finding.span is not None:
+            if finding.span is not None and finding.view != "partial":
                 spans.setdefault(finding.message_index, []).append((*finding.span, scanner.replacement(finding)))
     return spans
 
@@ -207,8 +207,10 @@ def _input_items(messages: tuple[Message, ...]) -> list[ScanInput]:
     ]
 
 
-def _output_item(messages: tuple[Message, ...], response: str) -> ScanInput:
-    return ScanInput(response, role=Role.ASSISTANT, index=len(messages), stage=Stage.OUTPUT, conversation=messages)
+def _output_item(messages: tuple[Message, ...], response: str, *, partial: bool = False) -> ScanInput:
+    return ScanInput(
+        response, role=Role.ASSISTANT, index=len(messages), stage=Stage.OUTPUT, conversation=messages, partial=partial
+    )
 
 
 def _limit_verdict(stage: Stage, reason: str) -> Verdict:
@@ -590,16 +592,20 @@ class _Request:
     def output_hook(self) -> OutputHook:
         settings = self.compiled.policy.output.stream
 
-        async def scan_window(window: str, offset: int) -> tuple[Verdict, list[Span]]:
-            verdict = await run_stage(Stage.OUTPUT, self.compiled, [_output_item(self.messages, window)])
+        async def scan_window(window: str, offset: int, partial: bool) -> tuple[Verdict, list[Span], int | None]:
+            item = _output_item(self.messages, window, partial=partial)
+            verdict = await run_stage(Stage.OUTPUT, self.compiled, [item])
             spans = _redaction_spans(verdict, self.compiled).get(len(self.messages), []) if verdict.enforced else []
-            return verdict, [(s + offset, e + offset, r) for s, e, r in spans]
+            cut_short = [f.span[0] for r in verdict.results for f in r.findings if f.view == "partial" and f.span]
+            hold_from = min(cut_short) + offset if cut_short else None
+            return verdict, [(s + offset, e + offset, r) for s, e, r in spans], hold_from
 
         return WindowedModeration(
             scan_window,
             check_every=settings.check_every,
             overlap=settings.overlap,
             holdback=settings.holdback,
+            max_held=settings.max_held,
             enforced=self.compiled.enforced(Stage.OUTPUT),
         )
 

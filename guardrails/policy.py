@@ -66,6 +66,10 @@ class StreamSettings(_Strict):
         default=64, ge=0, description="Characters kept unreleased after a scan, so a match still being written is "
         "never released half-way.",
     )
+    max_held: int = Field(
+        default=8192, gt=0, description="Most characters held for a match the window's end cuts short (a token, a "
+        "key block) before text is released anyway; bounds the rescanning work.",
+    )
 
 
 class _StageBase(_Strict):
@@ -353,12 +357,12 @@ def _annotation_at(model: Any, loc: tuple[Any, ...]) -> Any:
     return current
 
 
-def _location(data: _MDict, loc: tuple[Any, ...]) -> tuple[_Mark | None, str]:
-    """The closest mark for ``loc`` and the dotted key path a person would write."""
+def _location(data: _MDict, loc: tuple[Any, ...], tail: tuple[str, ...] = ()) -> tuple[_Mark | None, str]:
+    """The closest mark for ``loc`` (then ``tail``, keys within it) and the dotted key path a person would write."""
     node: Any = data
     mark = data.here
     parts: list[str] = []
-    for part in loc:
+    for part in (*loc, *tail):
         if isinstance(node, _MDict) and part in node:
             mark = node.marks.get(part, mark)
             node = node[part]
@@ -366,7 +370,8 @@ def _location(data: _MDict, loc: tuple[Any, ...]) -> tuple[_Mark | None, str]:
         elif isinstance(node, _MList) and isinstance(part, int) and part < len(node):
             mark = node.marks[part]
             node = node[part]
-            parts[-1:] = [f"{parts[-1]}[{part}]"] if parts else [f"[{part}]"]
+            label = node["id"] if isinstance(node, Mapping) and isinstance(node.get("id"), str) else part
+            parts[-1:] = [f"{parts[-1]}[{label}]"] if parts else [f"[{label}]"]
         elif isinstance(node, _MDict) and isinstance(part, str) and node.get("type") == part:
             continue  # the union tag pydantic inserts into the location
         else:
@@ -376,9 +381,9 @@ def _location(data: _MDict, loc: tuple[Any, ...]) -> tuple[_Mark | None, str]:
 
 def _describe(error: Mapping[str, Any], model: Any, data: _MDict) -> str:
     loc = tuple(error["loc"])
-    mark, key_path = _location(data, loc)
-    where = f"{mark}: " if mark else f"{data.here}: "
     kind = error["type"]
+    mark, key_path = _location(data, loc, ("type",) if kind == "union_tag_invalid" else ())
+    where = f"{mark}: " if mark else f"{data.here}: "
     if kind == "extra_forbidden":
         key = loc[-1]
         owner = _annotation_at(model, loc[:-1])
@@ -392,10 +397,12 @@ def _describe(error: Mapping[str, Any], model: Any, data: _MDict) -> str:
         names = [t.strip(" '") for t in str(expected).split(",")]
         hint = difflib.get_close_matches(str(tag), names, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-        return f"{where}{key_path}.type: unknown scanner type {tag!r}{suggestion}; registered types: {expected}"
+        return f"{where}{key_path}: unknown scanner type {tag!r}{suggestion}; registered types: {expected}"
     if kind == "missing":
         return f"{where}{key_path}: required key is missing"
-    return f"{where}{key_path}: {error['msg']} (got {error.get('input')!r})"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    got = repr(error.get("input"))
+    return f"{where}{key_path}: {message} (got {got if len(got) <= 80 else got[:77] + '...'})"
 
 
 def _validate(data: _MDict, source: Path) -> Policy:

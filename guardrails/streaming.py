@@ -7,13 +7,16 @@ A hook that finds a block stops releasing text; the pipeline then ends the strea
 :class:`WindowedModeration` (the default) releases text only after the output scanners have seen it: it scans each
 ``check_every`` characters of new text together with the last ``overlap`` released characters (context across the
 window edge), and holds back the last ``holdback`` characters of every window so a pattern still being written is
-rescanned whole with the next window. Each character is scanned a bounded number of times, so guard work grows
-linearly with the length of the response.
+rescanned whole with the next window. Scanners that can tell (the regex and secrets scanners, through the ``regex``
+module's partial matching) also report a match that the window's end cuts short, and the text from its start stays
+held until the match completes or fails, however long it is (a private key block, a token). Each character is
+scanned a bounded number of times while nothing is held, so guard work grows linearly with the response.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Protocol
 
 from guardrails.aggregate import decide, merge_results
@@ -22,8 +25,9 @@ from guardrails.types import Decision, ScanResult, Stage, Verdict
 
 __all__ = ["OutputHook", "WindowedModeration", "ScanWindow"]
 
-# Scans one window of the response: (window text, offset of the window in the response) -> (verdict, spans to redact)
-ScanWindow = Callable[[str, int], Awaitable[tuple[Verdict, list[Span]]]]
+# Scans one window of the response: (window text, offset of the window in the response, more text may follow) ->
+# (verdict, spans to redact, where a match cut short by the window's end starts); positions are response indexes.
+ScanWindow = Callable[[str, int, bool], Awaitable[tuple[Verdict, list[Span], int | None]]]
 
 
 class OutputHook(Protocol):
@@ -38,11 +42,15 @@ class OutputHook(Protocol):
 class WindowedModeration:
     """Scan-before-release moderation in sliding windows (see the module docstring)."""
 
-    def __init__(self, scan: ScanWindow, *, check_every: int, overlap: int, holdback: int, enforced: bool) -> None:
+    def __init__(
+        self, scan: ScanWindow, *, check_every: int, overlap: int, holdback: int, max_held: int, enforced: bool
+    ) -> None:
         self._scan = scan
         self._check_every = check_every
         self._overlap = overlap
         self._holdback = holdback
+        self._max_held = max_held
+        self._fresh = 0  # characters received since the last scan
         self._enforced = enforced
         self._pending = ""  # received, not yet released
         self._tail = ""  # the last `overlap` released characters
@@ -56,7 +64,8 @@ class WindowedModeration:
         if self.blocked:
             return ""
         self._pending += chunk
-        if len(self._pending) < self._check_every + self._holdback:
+        self._fresh += len(chunk)
+        if self._fresh < self._check_every:
             return ""
         return await self._check(final=False)
 
@@ -67,18 +76,23 @@ class WindowedModeration:
 
     async def _check(self, *, final: bool) -> str:
         window = self._tail + self._pending
-        verdict, spans = await self._scan(window, self._offset - len(self._tail))
+        verdict, spans, hold_from = await self._scan(window, self._offset - len(self._tail), not final)
         self._scanned = True
+        self._fresh = 0
         for result in verdict.results:
             if result.scanner_id not in self._results:
                 self._order.append(result.scanner_id)
-            self._results.setdefault(result.scanner_id, []).append(result)
+            findings = tuple(f for f in result.findings if f.view != "partial")
+            self._results.setdefault(result.scanner_id, []).append(replace(result, findings=findings))
         if verdict.effective is Decision.BLOCK:
             self.blocked = True
             return ""
         # Spans arrive in response coordinates; make them relative to the pending text.
         pending_spans = [(max(s - self._offset, 0), e - self._offset, r) for s, e, r in spans if e > self._offset]
         cut = len(self._pending) if final else len(self._pending) - self._holdback
+        if hold_from is not None and not final:
+            # A match still being written stays unreleased, up to max_held characters (which bounds rescanning).
+            cut = min(cut, max(hold_from - self._offset, len(self._pending) - self._max_held, 0))
         for start, end, _ in pending_spans:
             if start < cut < end:
                 cut = start  # never release part of a span that is to be redacted

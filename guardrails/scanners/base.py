@@ -65,7 +65,7 @@ class ScannerConfig(BaseModel):
 class ScanInput:
     """One text to scan, with where it came from. Normalised views are computed once and shared by all scanners."""
 
-    __slots__ = ("text", "role", "index", "stage", "third_party", "conversation", "_views")
+    __slots__ = ("text", "role", "index", "stage", "third_party", "conversation", "partial", "_views")
 
     def __init__(
         self,
@@ -76,6 +76,7 @@ class ScanInput:
         stage: Stage,
         third_party: bool = False,
         conversation: tuple[Message, ...] = (),
+        partial: bool = False,
     ) -> None:
         self.text = text
         self.role = role
@@ -83,6 +84,9 @@ class ScanInput:
         self.stage = stage
         self.third_party = third_party
         self.conversation = conversation  # the messages before this text, for scanners that need context
+        # True for a window of a response still streaming: scanners that can tell report a match the window's end
+        # cuts short as a finding with view "partial" (it does not score), and the stream holds text from there.
+        self.partial = partial
         self._views: tuple[View, ...] | None = None
 
     @property

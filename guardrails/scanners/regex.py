@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from guardrails.scanners._matching import Rule, compile_pattern, find
+from guardrails.scanners._matching import Rule, compile_pattern, complete, find
 from guardrails.scanners.base import ScanInput, Scanner, ScannerConfig
 from guardrails.scanners.registry import register
 from guardrails.types import Finding, ScanResult
@@ -68,12 +68,13 @@ class RegexScanner(Scanner):
         out = []
         for item in batch:
             findings = find(self._rules, item, all_views=self.config.normalize, deadline=deadline)
-            if not findings:
-                out.append(self.result(item, score=0.0))
+            matched = complete(findings)
+            if not matched:
+                out.append(self.result(item, score=0.0, findings=findings))
                 continue
-            rules = sorted({f.rule for f in findings})
+            rules = sorted({f.rule for f in matched})
             categories = sorted({self._categories[r] for r in rules if r in self._categories})
-            views = sorted({f.view for f in findings})
+            views = sorted({f.view for f in matched})
             reason = f"matched {', '.join(rules)}" + (f" in {', '.join(views)} text" if views != ["raw"] else "")
             out.append(self.result(item, score=1.0, findings=findings, categories=categories, reason=reason))
         return out

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from guardrails.scanners._matching import Rule, compile_pattern, find
+from guardrails.scanners._matching import Rule, compile_pattern, complete, find
 from guardrails.scanners.base import ScanInput, Scanner, ScannerConfig
 from guardrails.scanners.registry import register
 from guardrails.types import Finding, ScanResult
@@ -86,11 +86,11 @@ class SecretsScanner(Scanner):
         out = []
         for item in batch:
             findings = find(self._rules, item, all_views=self.config.normalize, deadline=deadline)
-            kinds = sorted({f.rule for f in findings})
+            kinds = sorted({f.rule for f in complete(findings)})
             out.append(
                 self.result(
                     item,
-                    score=1.0 if findings else 0.0,
+                    score=1.0 if kinds else 0.0,
                     findings=findings,
                     categories=kinds,
                     reason=f"credentials found: {', '.join(kinds)}" if kinds else "",
