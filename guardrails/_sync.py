@@ -1,7 +1,8 @@
 """Run the async core from synchronous code, including code that is itself called inside a running event loop.
 
 Each thread that calls the sync API gets one private event loop, reused across calls (starting a loop per call, as
-``asyncio.run`` does, costs more than the whole pipeline). A sync call made while an event loop is already running in
+``asyncio.run`` does, costs more than the whole pipeline; ``asyncio.Runner.run`` re-installs a SIGINT handler on every
+call, which costs ~30 us). A sync call made while an event loop is already running in
 the calling thread (a Jupyter cell, an async web handler calling a sync library) cannot block that loop from inside
 it, so the coroutine runs on a worker thread with its own private loop and the caller waits for it.
 """
@@ -23,24 +24,39 @@ _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
 
-class _ThreadRunner:
-    """Owns one thread's private loop; closes it when the thread's locals are torn down."""
+class _ThreadLoop:
+    """One thread's private event loop; closed (pending tasks cancelled) when the thread's locals are torn down."""
 
     def __init__(self) -> None:
-        self.runner = asyncio.Runner()
+        self.loop = asyncio.new_event_loop()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
 
     def __del__(self) -> None:
+        loop = self.loop
+        if loop.is_closed():
+            return
         try:
-            self.runner.close()
+            # Garbage collection can run this inside another loop, where this one cannot be driven: just close it.
+            if not in_running_loop():
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
         except Exception:  # noqa: BLE001 - interpreter shutdown; nothing left to report to
             pass
+        finally:
+            loop.close()
 
 
-def _runner() -> asyncio.Runner:
-    holder = getattr(_local, "holder", None)
-    if holder is None:
-        holder = _local.holder = _ThreadRunner()
-    return holder.runner
+def _runner() -> _ThreadLoop:
+    runner = getattr(_local, "runner", None)
+    if runner is None:
+        runner = _local.runner = _ThreadLoop()
+    return runner
 
 
 def in_running_loop() -> bool:

@@ -108,6 +108,42 @@ def _build_state(policy: Policy, routes: Mapping[str, Policy], cache: dict[str, 
     return _State(compile_one(policy), {name: compile_one(p) for name, p in routes.items()})
 
 
+class _Suspended:
+    """Awaitable that finishes a coroutine which already ran to its first suspension, where it yielded ``pending``.
+
+    It forwards what the driving task sends or throws (results, cancellation), as ``yield from`` would.
+    """
+
+    __slots__ = ("coro", "pending")
+
+    def __init__(self, coro: Any, pending: Any) -> None:
+        self.coro = coro
+        self.pending = pending
+
+    def __await__(self) -> Any:
+        coro, pending = self.coro, self.pending
+        while True:
+            try:
+                value = yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - forwarded into the coroutine, which decides
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                pending = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _finish(coro: Any, pending: Any) -> Any:
+    return await _Suspended(coro, pending)
+
+
 def _retrieve(task: asyncio.Task) -> None:
     if not task.cancelled():
         task.exception()  # a timed-out scanner's late error is not "never retrieved"
@@ -127,6 +163,15 @@ def _failure(scanner: Scanner, status: Status, reason: str, duration_ms: float) 
         reason=reason,
         duration_ms=duration_ms,
     )
+
+
+def _error_result(scanner: Scanner, exc: BaseException, duration_ms: float) -> ScanResult:
+    if isinstance(exc, TimeoutError):
+        return _failure(scanner, Status.TIMEOUT, f"timed out: {exc}", duration_ms)
+    if not isinstance(exc, Exception):
+        raise exc  # KeyboardInterrupt, SystemExit, cancellation of the request itself
+    log.warning("scanner %s failed: %s: %s", scanner.id, type(exc).__name__, exc)
+    return _failure(scanner, Status.ERROR, f"{type(exc).__name__}: {exc}", duration_ms)
 
 
 def _checked(scanner: Scanner, batch: list[ScanInput], results: Any, duration_ms: float) -> ScanResult:
@@ -155,7 +200,19 @@ async def run_stage(stage: Stage, compiled: _Compiled, items: list[ScanInput]) -
         if not batch:
             slots[i] = ScanResult(scanner.id, Decision.ALLOW, status=Status.SKIPPED, reason="no text in its roles")
             continue
-        task = loop.create_task(_timed(scanner, batch))
+        # Run eagerly up to the first suspension: a scanner that never waits (patterns, cached answers) finishes
+        # here without a task, which is most of the cost of a fast stage. One that waits becomes a task.
+        coro = _timed(scanner, batch)
+        try:
+            suspended_at = coro.send(None)
+        except StopIteration as stop:
+            results, duration_ms = stop.value
+            slots[i] = _checked(scanner, batch, results, duration_ms)
+            continue
+        except BaseException as exc:  # noqa: BLE001 - a scanner's failure becomes its on_error result
+            slots[i] = _error_result(scanner, exc, (loop.time() - start) * 1000)
+            continue
+        task = loop.create_task(_finish(coro, suspended_at))
         pending[task] = (i, scanner, batch, start + scanner.config.timeout)
     while pending:
         deadline = min(entry[3] for entry in pending.values())
@@ -170,11 +227,8 @@ async def run_stage(stage: Stage, compiled: _Compiled, items: list[ScanInput]) -
                 if exc is None:
                     results, duration_ms = task.result()
                     slots[i] = _checked(scanner, batch, results, duration_ms)
-                elif isinstance(exc, TimeoutError):
-                    slots[i] = _failure(scanner, Status.TIMEOUT, f"timed out: {exc}", elapsed)
                 else:
-                    slots[i] = _failure(scanner, Status.ERROR, f"{type(exc).__name__}: {exc}", elapsed)
-                    log.warning("scanner %s failed: %s: %s", scanner.id, type(exc).__name__, exc)
+                    slots[i] = _error_result(scanner, exc, elapsed)
             elif task_deadline <= now:
                 del pending[task]
                 task.cancel()

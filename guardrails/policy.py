@@ -79,13 +79,14 @@ class _StageBase(_Strict):
 
     @field_validator("scanners", check_fields=False)
     @classmethod
-    def _unique_ids(cls, scanners: list[ScannerConfig]) -> list[ScannerConfig]:
+    def _unique_enabled(cls, scanners: list[ScannerConfig]) -> list[ScannerConfig]:
+        """Ids must be unique; scanners switched off with ``enabled: false`` are dropped after validation."""
         seen: set[str] = set()
         for scanner in scanners:
             if scanner.scanner_id in seen:
                 raise ValueError(f"two scanners share the id {scanner.scanner_id!r}; give each a distinct `id`")
             seen.add(scanner.scanner_id)
-        return scanners
+        return [s for s in scanners if s.enabled]
 
 
 class _PolicyBase(_Strict):
@@ -285,17 +286,6 @@ def _merge(parent: Any, child: Any, path: tuple[str, ...] = ()) -> Any:
                 merged_list.marks.append(mark)
         return merged_list
     return child
-
-
-def _drop_disabled(data: _MDict) -> None:
-    for stage in ("input", "output"):
-        section = data.get(stage)
-        if not isinstance(section, _MDict) or not isinstance(section.get("scanners"), _MList):
-            continue
-        scanners = section["scanners"]
-        keep = [i for i, entry in enumerate(scanners) if not (isinstance(entry, Mapping) and entry.get("enabled") is False)]
-        section["scanners"] = _MList([scanners[i] for i in keep], marks=[scanners.marks[i] for i in keep],
-                                     here=scanners.here)
 
 
 def _resolve(path: Path, chain: tuple[Path, ...]) -> _MDict:

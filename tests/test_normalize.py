@@ -51,7 +51,7 @@ def decoded(text: str, kind: str) -> list[str]:
         "hello world",
         "Please summarise the attached report in three bullet points.",
         "internationalization characteristically incomprehensibilities",  # long words: no base64
-        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP",  # letters of the base64 alphabet, mixed case, no digits
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP",  # mixed case: tried as base64, decodes to binary
         hashlib.sha256(b"guardrails").hexdigest(),  # SHA-256 digest: hex, but not text
         hashlib.sha1(b"guardrails").hexdigest(),
         str(uuid.UUID("12345678-1234-5678-1234-567812345678")),
@@ -211,6 +211,9 @@ def test_hidden_runs_decode_payloads(text, expected_payload, expected_span):
         ("x\u2066y\u2069", [HiddenRun("bidi", 1, 2), HiddenRun("bidi", 3, 4)]),
         ("a\u200db", [HiddenRun("zero_width", 1, 2)]),  # ZWJ between letters, not emoji
         ("😀\u200d", [HiddenRun("zero_width", 1, 2)]),  # ZWJ at the end
+        ("😀\u200da", [HiddenRun("zero_width", 1, 2)]),  # ZWJ between an emoji and a letter
+        ("a\u200d😀", [HiddenRun("zero_width", 1, 2)]),
+        ("\u200d😀", [HiddenRun("zero_width", 0, 1)]),
         ("x\ufe0f\ufe0e", [HiddenRun("variation_selectors", 1, 3, "\x0f\x0e")]),  # two selectors are a payload
     ],
 )
@@ -314,7 +317,9 @@ def test_plain_hex_view(text):
     assert text[slice(*result[1].raw_span(0, 6))].lower() == hexed
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _ENCODED's base64 lookbehind excludes '=', so `key=<encoded>` is never decoded")
+@pytest.mark.xfail(
+    strict=True, reason="bug: _ENCODED's base64 lookbehind excludes '=', so `key=<encoded>` is never decoded"
+)
 @pytest.mark.parametrize(
     "text, kind",
     [
@@ -372,7 +377,9 @@ def test_encoded_payload_inside_tag_characters():
     assert [v.origin for v in result[2:]] == [span, span]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: MAX_DEPTH=3 promises 3 nested decodings (base64 of hex of base64), only 2 happen")
+@pytest.mark.xfail(
+    strict=True, reason="bug: MAX_DEPTH=3 promises 3 nested decodings (base64 of hex of base64), only 2 happen"
+)
 @pytest.mark.parametrize(
     "text",
     [b64(hex_escapes(b64(PAYLOAD))), b64(b64(PAYLOAD).encode().hex()), b64(b64(b64(PAYLOAD)))],
