@@ -6,7 +6,7 @@ forms (fullwidth, mathematical bold) and encodings the model happily decodes (ba
 :func:`views` turns one text into the forms a scanner should look at:
 
 - ``raw``: the text itself, always first;
-- ``normalized``: NFKC, invisible characters and combining marks dropped, confusables folded to ASCII; each
+- ``normalized``: NFKD, invisible characters and combining marks dropped, confusables folded to ASCII; each
   character keeps the index of the raw character it came from, so a match maps back to a raw span;
 - ``hidden``: payloads smuggled in tag characters (U+E0020-E007E map to ASCII) or in runs of variation selectors
   (one byte each);
@@ -64,6 +64,8 @@ class View:
             return self.origin
         if self.index_map is None:
             return (start, end)
+        if not self.index_map:
+            return (0, 0)
         if end <= start:
             at = self.index_map[start] if start < len(self.index_map) else (self.index_map[-1] + 1)
             return (at, at)
@@ -118,7 +120,8 @@ def _invisible(ch: str) -> bool:
 def skeleton(text: str) -> tuple[str, tuple[int, ...]]:
     """The text a classifier should see, and the raw index of each of its characters.
 
-    NFKC per character, invisible characters and combining marks dropped, confusables folded to ASCII. Case is kept.
+    NFKD per character (compatibility forms to their base letters, accents split off), invisible characters and
+    combining marks dropped, confusables folded to ASCII. Case is kept.
     """
     table = _confusables()
     out: list[str] = []
@@ -130,12 +133,19 @@ def skeleton(text: str) -> tuple[str, tuple[int, ...]]:
             continue
         if _invisible(ch):
             continue
-        for c in unicodedata.normalize("NFKC", ch):
+        for c in unicodedata.normalize("NFKD", ch):
             if unicodedata.combining(c):
                 continue
             out.append(table.get(c, c))
             index_map.append(i)
     return "".join(out), tuple(index_map)
+
+
+def _is_subdivision_flag(text: str, start: int, end: int) -> bool:
+    """A tag run that spells a flag emoji (black flag, 2-7 tag letters or digits, cancel tag), e.g. England's."""
+    if start == 0 or text[start - 1] != "\U0001f3f4" or text[end - 1] != "\U000e007f" or not 3 <= end - start <= 8:
+        return False
+    return all(0xE0030 <= ord(c) <= 0xE0039 or 0xE0061 <= ord(c) <= 0xE007A for c in text[start : end - 1])
 
 
 def _is_emoji(ch: str) -> bool:
@@ -161,6 +171,9 @@ def hidden_runs(text: str) -> list[HiddenRun]:
             j = i
             while j < n and _TAG_FIRST <= ord(text[j]) <= _TAG_LAST:
                 j += 1
+            if _is_subdivision_flag(text, i, j):
+                i = j
+                continue
             decoded = "".join(chr(ord(c) - _TAG_FIRST) for c in text[i:j] if 0x20 <= ord(c) - _TAG_FIRST <= 0x7E)
             runs.append(HiddenRun("tags", i, j, decoded))
             i = j
@@ -176,7 +189,8 @@ def hidden_runs(text: str) -> list[HiddenRun]:
             runs.append(HiddenRun("bidi", i, i + 1))
             i += 1
         elif ch in ZERO_WIDTH:
-            between_emoji = ch == "\u200d" and 0 < i < n - 1 and _is_emoji(text[i - 1]) and _is_emoji(text[i + 1])
+            before = text[i - 2] if i >= 2 and text[i - 1] == "\ufe0f" else text[i - 1] if i else ""
+            between_emoji = ch == "\u200d" and before and i < n - 1 and _is_emoji(before) and _is_emoji(text[i + 1])
             leading_bom = ch == "\ufeff" and i == 0
             if not (between_emoji or leading_bom):
                 runs.append(HiddenRun("zero_width", i, i + 1))
@@ -189,7 +203,7 @@ def hidden_runs(text: str) -> list[HiddenRun]:
 # Encoded runs. Lookarounds keep a match from starting or ending inside a longer run of the same alphabet.
 # A run of the base64 alphabet may also be hex (hex digits are a subset): _decode tries hex first for those.
 _ENCODED = regex.compile(
-    r"(?P<base64>(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-]))"
+    r"(?P<base64>(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-]))"
     r"|(?P<hexesc>(?:\\x[0-9A-Fa-f]{2}){4,})"
     r"|(?P<percent>(?:%[0-9A-Fa-f]{2}){4,})"
 )
@@ -270,5 +284,5 @@ def _derived(text: str, origin: tuple[int, int] | None, depth: int, budget: list
 def views(text: str) -> tuple[View, ...]:
     """Every form of ``text`` a scanner should look at, the raw text first (see the module docstring)."""
     out = [View("raw", text)]
-    _derived(text, None, 1, [MAX_DECODED_CHARS], out)
+    _derived(text, None, 0, [MAX_DECODED_CHARS], out)
     return tuple(out)

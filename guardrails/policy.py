@@ -17,6 +17,7 @@ import difflib
 import hashlib
 import json
 import sys
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -472,9 +473,13 @@ def policy_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Poli
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
     if origin is Literal:
         return " \\| ".join(repr(a).replace("'", '"') for a in args)
-    if origin is Union or str(origin) == "types.UnionType":
+    if origin in (Union, types.UnionType):
+        if all(isinstance(a, type) and issubclass(a, ScannerConfig) for a in args):
+            return "scanner (by `type`, below)"
         return " \\| ".join(_type_name(a) for a in args)
     if origin is list:
         return f"list of {_type_name(args[0])}"

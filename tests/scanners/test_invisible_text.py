@@ -67,7 +67,6 @@ async def test_default_config(text, decision, score, categories):
     assert bool(result.reason) == bool(categories)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: flag tag sequences (RGI emoji, e.g. England) are blocked as tag smuggling")
 @pytest.mark.parametrize("flag", ["🏴" + tags("gbeng") + "\U000e007f", "🏴" + tags("gbsct") + "\U000e007f"])
 async def test_subdivision_flag_emoji_is_allowed(flag):
     result = await scan_one(make(), "Go " + flag + "!")
