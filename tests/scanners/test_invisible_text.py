@@ -2,17 +2,10 @@
 
 import pytest
 from pydantic import ValidationError
+from smuggle import tags, selectors
 
 from guardrails.scanners import ScanInput, scanner_class
 from guardrails.types import Decision, Finding, Role, Stage
-
-
-def tags(text: str) -> str:
-    return "".join(chr(0xE0000 + ord(c)) for c in text)
-
-
-def selectors(data: bytes) -> str:
-    return "".join(chr(0xFE00 + b) if b < 16 else chr(0xE0100 + b - 16) for b in data)
 
 
 def make(**params):

@@ -1,27 +1,15 @@
 """Table-driven tests for the regex scanner."""
 
-import base64
 import time
 
 import pytest
 from pydantic import ValidationError
+from smuggle import tags, selectors, b64
 
 from guardrails.scanners import ScanInput, scanner_class
 from guardrails.types import Decision, Finding, Role, Stage
 
 PHRASE = r"ignore (all )?previous instructions"
-
-
-def tags(text: str) -> str:
-    return "".join(chr(0xE0000 + ord(c)) for c in text)
-
-
-def selectors(data: bytes) -> str:
-    return "".join(chr(0xFE00 + b) if b < 16 else chr(0xE0100 + b - 16) for b in data)
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 def make(patterns=(PHRASE,), **params):
@@ -229,7 +217,6 @@ async def test_catastrophic_pattern_times_out():
     with pytest.raises(TimeoutError):
         await scanner.scan([item("a" * 50000 + "!")])
     assert time.monotonic() - started < 5
-
 
 
 @pytest.mark.parametrize("text", ["\u200b", "\u200b\u200d\ufeff"])
