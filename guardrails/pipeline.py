@@ -478,7 +478,7 @@ class Pipeline:
                     if released:
                         sent.append(released)
                         yield released
-                    if hook.verdict.effective is Decision.BLOCK:
+                    if hook.blocked:
                         break
                 else:
                     released = await hook.finish()

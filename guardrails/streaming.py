@@ -31,6 +31,8 @@ ScanWindow = Callable[[str, int, bool], Awaitable[tuple[Verdict, list[Span], int
 
 
 class OutputHook(Protocol):
+    blocked: bool  # set once the hook has found a block; it then releases nothing more
+
     async def feed(self, chunk: str) -> str: ...
 
     async def finish(self) -> str: ...
