@@ -1,7 +1,7 @@
 """The ``guardrails`` command.
 
-Exit codes, for shell pipelines and CI: 0 allowed (or warned, or redacted), 1 blocked, 2 error (bad policy,
-unreadable input, bad usage).
+Exit codes, for shell pipelines and CI: 0 allowed (or warned, or redacted), 1 blocked (``audit verify``: the chain
+is broken), 2 error (bad policy, unreadable input, missing database, bad usage).
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from guardrails import __version__
 from guardrails._exceptions import GuardrailError
+from guardrails.audit.settings import DEFAULT_DB
 from guardrails.policy import builtin_policies, load_policy, load_routes, policy_reference
 
 __all__ = ["main"]
@@ -81,6 +83,101 @@ def _cmd_policy_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _store(args: argparse.Namespace) -> Any:
+    from guardrails.audit import AuditStore
+
+    try:
+        return AuditStore(args.db)
+    except FileNotFoundError:
+        raise GuardrailError(f"no audit database at {args.db}; run some requests first, or pass --db PATH") from None
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    from guardrails.audit import parse_duration
+
+    try:
+        since = parse_duration(args.since) if args.since else None
+    except ValueError as exc:
+        raise GuardrailError(str(exc)) from None
+    return {"since": since, "decision": args.decision, "scanner": args.scanner, "tenant": args.tenant,
+            "category": args.category}
+
+
+def _cmd_audit_list(args: argparse.Namespace) -> int:
+    from guardrails.audit.store import format_table
+
+    with _store(args) as store:
+        records = store.records(limit=args.limit, **_filters(args))
+    if args.format == "json":
+        json.dump(records, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_table(records))
+    return EXIT_OK
+
+
+def _cmd_audit_show(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        record = store.get(args.id)
+    if record is None:
+        raise GuardrailError(f"no audit record with request id or seq {args.id!r} in {args.db}")
+    json.dump(record, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def _cmd_audit_stats(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        stats = store.stats(**_filters(args))
+    if args.format == "json":
+        json.dump(stats, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    print(f"records: {stats['records']}")
+    for title, key in (("by decision", "by_decision"), ("by scanner", "by_scanner"), ("by category", "by_category")):
+        print(f"{title}:")
+        for name, count in stats[key].items():
+            print(f"  {name:<28} {count}")
+    if stats["latency_ms"]:
+        print("latency ms: " + ", ".join(f"{k} {v:.3f}" for k, v in stats["latency_ms"].items()))
+    return EXIT_OK
+
+
+def _cmd_audit_export(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        count = store.export(sys.stdout, format=args.format, **_filters(args))
+    print(f"exported {count} records", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_audit_prune(args: argparse.Namespace) -> int:
+    from guardrails.audit import parse_duration
+
+    try:
+        older_than = parse_duration(args.older_than)
+    except ValueError as exc:
+        raise GuardrailError(str(exc)) from None
+    with _store(args) as store:
+        deleted = store.prune(older_than)
+    print(f"pruned {deleted} records older than {args.older_than}; the chain stays verifiable from its anchor")
+    return EXIT_OK
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    import os
+
+    key = None
+    if args.key_env:
+        value = os.environ.get(args.key_env)
+        if not value:
+            raise GuardrailError(f"--key-env {args.key_env}: that environment variable is not set")
+        key = value.encode()
+    with _store(args) as store:
+        report = store.verify(key)
+    print(report)
+    return EXIT_OK if report.ok else EXIT_BLOCKED
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from guardrails.demo import run_demo
 
@@ -117,6 +214,40 @@ def _parser() -> argparse.ArgumentParser:
     reference.set_defaults(func=_cmd_policy_reference)
     listing = policy_commands.add_parser("list", help="list the built-in policies")
     listing.set_defaults(func=_cmd_policy_list)
+
+    audit = commands.add_parser("audit", help="query, export, prune and verify the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+
+    def audit_parser(name: str, help: str, *, filters: bool = False) -> argparse.ArgumentParser:
+        sub = audit_commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--db", default=DEFAULT_DB, help=f"audit database (default: {DEFAULT_DB})")
+        if filters:
+            sub.add_argument("--since", help="only records newer than this: 30s, 15m, 1h, 7d, 2w")
+            sub.add_argument("--decision", choices=("block", "redact", "warn", "allow"))
+            sub.add_argument("--scanner", help="only records where this scanner id fired or failed")
+            sub.add_argument("--tenant", help="only records of this route/tenant")
+            sub.add_argument("--category", help="only records with this category (e.g. S9, prompt_injection)")
+        return sub
+
+    listing = audit_parser("list", "list records, newest first", filters=True)
+    listing.add_argument("--limit", type=int, default=50, help="at most this many records (default: 50)")
+    listing.add_argument("--format", choices=("table", "json"), default="table")
+    listing.set_defaults(func=_cmd_audit_list)
+    show = audit_parser("show", "print one record as JSON")
+    show.add_argument("id", help="request id or sequence number")
+    show.set_defaults(func=_cmd_audit_show)
+    stats = audit_parser("stats", "counts by decision, scanner and category, with latency percentiles", filters=True)
+    stats.add_argument("--format", choices=("table", "json"), default="table")
+    stats.set_defaults(func=_cmd_audit_stats)
+    export = audit_parser("export", "write records to stdout, oldest first", filters=True)
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.set_defaults(func=_cmd_audit_export)
+    prune = audit_parser("prune", "delete old records; the chain stays verifiable")
+    prune.add_argument("--older-than", required=True, help="age of records to delete: 30d, 12h, 2w")
+    prune.set_defaults(func=_cmd_audit_prune)
+    verify = audit_parser("verify", "walk the hash chain; exit 1 naming the first edited, deleted or moved record")
+    verify.add_argument("--key-env", help="environment variable with the HMAC key, when the policy sets one")
+    verify.set_defaults(func=_cmd_audit_verify)
 
     demo = commands.add_parser("demo", help="run allowed and blocked exchanges through a policy")
     demo.add_argument("--policy", default="default", help="policy file or built-in name (default: default)")

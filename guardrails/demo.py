@@ -126,4 +126,9 @@ def run_demo(policy: str = "default") -> int:
 
         summary = ", ".join(f"{n} {d}" for d, n in sorted(counts.items()))
         print(f"summary: {summary}")
+        audit = pipe.audit
+        if audit is not None and audit.flush(timeout=10):
+            where = ", ".join(s.name for s in audit.status())
+            print(f"audit: every exchange but the plain ones was recorded in {where} (content as SHA-256 only);")
+            print("       see them with `guardrails audit list`, check the chain with `guardrails audit verify`")
     return 0

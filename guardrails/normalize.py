@@ -30,7 +30,7 @@ from importlib import resources
 
 import regex
 
-__all__ = ["View", "views", "skeleton", "hidden_runs", "HiddenRun", "MAX_DEPTH"]
+__all__ = ["View", "views", "skeleton", "hidden_runs", "HiddenRun", "MAX_DEPTH", "prepare"]
 
 MAX_DEPTH = 3  # base64 of hex of base64 is still decoded; deeper nesting is not
 MAX_DECODED_CHARS = 200_000  # total decoded text per input, so a huge encoded blob cannot amplify work
@@ -104,6 +104,11 @@ def _confusables() -> dict[str, str]:
             preferred = ["I"]  # Unicode's skeleton folds capital I to l; for case-aware matching it is I
         table[char] = (preferred or candidates)[0]
     return table
+
+
+def prepare() -> None:
+    """Load the confusables table now (scanners call this at start-up, so no request pays for it)."""
+    _confusables()
 
 
 def _invisible(ch: str) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 from guardrails._exceptions import Blocked, PolicyError, ScannerError
 from guardrails._sync import iterate_sync, run_sync
 from guardrails.aggregate import decide, merge_results
+from guardrails.audit import AuditSettings, AuditWriter, Entry, should_record
 from guardrails.policy import Policy, load_policy, load_routes
 from guardrails.redaction import Span, redact
 from guardrails.scanners.base import Scanner, ScanInput
@@ -54,11 +55,12 @@ _NO_RESULTS: tuple[ScanResult, ...] = ()
 
 @dataclass(frozen=True, slots=True)
 class _Compiled:
-    """One policy with its scanners built."""
+    """One policy with its scanners and audit writer built."""
 
     policy: Policy
     input: tuple[Scanner, ...]
     output: tuple[Scanner, ...]
+    audit: AuditWriter | None
 
     def scanners(self, stage: Stage) -> tuple[Scanner, ...]:
         return self.input if stage is Stage.INPUT else self.output
@@ -85,8 +87,18 @@ class _State:
             raise PolicyError(f"unknown route {route!r}; routes of policy {self.default.policy.name!r}: {known}") from None
 
 
-def _build_state(policy: Policy, routes: Mapping[str, Policy], cache: dict[str, Scanner]) -> _State:
-    """Build every scanner once. Identical scanner configs share one instance, across routes and reloads."""
+def _build_state(
+    policy: Policy, routes: Mapping[str, Policy], cache: dict[str, Scanner], writers: dict[str, AuditWriter]
+) -> _State:
+    """Build every scanner and audit writer once. Identical configs share one instance, across routes and reloads."""
+
+    def writer(settings: AuditSettings) -> AuditWriter | None:
+        if settings.record == "none":
+            return None
+        key = settings.model_dump_json(exclude={"record", "privacy", "metadata"})
+        if key not in writers:
+            writers[key] = AuditWriter(settings)
+        return writers[key]
 
     def build(config: Any) -> Scanner:
         key = config.model_dump_json()
@@ -103,7 +115,8 @@ def _build_state(policy: Policy, routes: Mapping[str, Policy], cache: dict[str, 
         return scanner
 
     def compile_one(p: Policy) -> _Compiled:
-        return _Compiled(p, tuple(build(c) for c in p.input.scanners), tuple(build(c) for c in p.output.scanners))
+        scanners_in = tuple(build(c) for c in p.input.scanners)
+        return _Compiled(p, scanners_in, tuple(build(c) for c in p.output.scanners), writer(p.audit))
 
     return _State(compile_one(policy), {name: compile_one(p) for name, p in routes.items()})
 
@@ -267,9 +280,16 @@ def _output_item(messages: tuple[Message, ...], response: str, *, partial: bool 
     )
 
 
-def _limit_verdict(stage: Stage, reason: str) -> Verdict:
-    result = ScanResult("limits", Decision.BLOCK, 1.0, ("limits",), reason=reason)
+def _limit_verdict(stage: Stage, reason: str, *, check: str = "limits", status: Status = Status.OK) -> Verdict:
+    """A block decided by the pipeline itself (request limits, an audit log that cannot take records)."""
+    result = ScanResult(check, Decision.BLOCK, 1.0, (check,), reason=reason, status=status)
     return Verdict(stage, Decision.BLOCK, (result,), True)
+
+
+def _audit_unavailable(stage: Stage, writer: AuditWriter) -> Verdict:
+    failing = "; ".join(f"{s.name}: {s.last_error}" for s in writer.status() if not s.healthy)
+    reason = f"audit log full and failing ({failing or 'spool full'}); the policy blocks requests it cannot record"
+    return _limit_verdict(stage, reason, check="audit", status=Status.ERROR)
 
 
 def _input_limits(compiled: _Compiled, messages: tuple[Message, ...]) -> Verdict | None:
@@ -370,7 +390,8 @@ class Pipeline:
         generate: Generate | None = None,
     ) -> None:
         self._cache: dict[str, Scanner] = {}
-        self._state = _build_state(policy, routes or {}, self._cache)
+        self._writers: dict[str, AuditWriter] = {}
+        self._state = _build_state(policy, routes or {}, self._cache, self._writers)
         self._generate = generate
 
     @classmethod
@@ -387,6 +408,11 @@ class Pipeline:
     def routes(self) -> tuple[str, ...]:
         return tuple(self._state.routes)
 
+    @property
+    def audit(self) -> AuditWriter | None:
+        """The default policy's audit writer: ``flush()`` waits for durable writes, ``status()`` shows failures."""
+        return self._state.default.audit
+
     def reload(self) -> Policy:
         """Re-read the policy file and its routes and swap them in atomically.
 
@@ -398,7 +424,7 @@ class Pipeline:
             raise PolicyError(f"cannot reload: the policy was not loaded from a file ({source})")
         try:
             policy = load_policy(source)
-            state = _build_state(policy, load_routes(policy), self._cache)
+            state = _build_state(policy, load_routes(policy), self._cache, self._writers)
         except (PolicyError, ScannerError) as exc:
             log.error("policy reload failed, keeping %s (%s): %s", self.policy.name, self.policy.hash[:12], exc)
             raise PolicyError(f"reload failed, still enforcing the previous policy: {exc}") from exc
@@ -439,8 +465,8 @@ class Pipeline:
         response = out if isinstance(out, str) else "".join([c async for c in _chunks(out, inline=inline)])
         output = await request.scan_output(response)
         if output.effective is Decision.BLOCK:
-            return request.finish(request.compiled.policy.refusal.output, (verdict, output), raise_on_block)
-        return request.finish(request.redact_output(response, output), (verdict, output), raise_on_block)
+            return request.finish(request.compiled.policy.refusal.output, (verdict, output), raise_on_block, response)
+        return request.finish(request.redact_output(response, output), (verdict, output), raise_on_block, response)
 
     def stream(
         self,
@@ -463,13 +489,15 @@ class Pipeline:
                 return
             hook = request.output_hook()
             source = _chunks(await _call_generate(gen, request.prompt(), inline=inline), inline=inline)
-            received = 0
+            received: list[str] = []
+            size = 0
             limit_verdict = None
             sent: list[str] = []
             try:
                 async for chunk in source:
-                    received += len(chunk)
-                    if received > policy.limits.max_output_chars:
+                    received.append(chunk)
+                    size += len(chunk)
+                    if size > policy.limits.max_output_chars:
                         limit_verdict = _limit_verdict(
                             Stage.OUTPUT, f"response exceeds {policy.limits.max_output_chars} characters"
                         )
@@ -490,11 +518,12 @@ class Pipeline:
                 if aclose is not None:
                     await aclose()
             output = limit_verdict or hook.verdict
+            response = "".join(received)
             if output.effective is Decision.BLOCK:
-                stream.result = request.finish(policy.refusal.output, (verdict, output), False)
+                stream.result = request.finish(policy.refusal.output, (verdict, output), False, response)
                 yield policy.refusal.output
             else:
-                stream.result = request.finish("".join(sent), (verdict, output), False)
+                stream.result = request.finish("".join(sent), (verdict, output), False, response)
 
         stream = GuardedStream(start)
         return stream
@@ -520,8 +549,8 @@ class Pipeline:
         request = _Request(self, messages, route, metadata, time.perf_counter())
         output = await request.scan_output(response)
         if output.effective is Decision.BLOCK:
-            return request.finish(request.compiled.policy.refusal.output, (output,), False)
-        return request.finish(request.redact_output(response, output), (output,), False)
+            return request.finish(request.compiled.policy.refusal.output, (output,), False, response)
+        return request.finish(request.redact_output(response, output), (output,), False, response)
 
     # -- the sync API: the same coroutines ---------------------------------------------------------------------------
 
@@ -581,7 +610,11 @@ class Pipeline:
         return wrap if fn is None else wrap(fn)
 
     async def aclose(self) -> None:
-        """Release every scanner's resources."""
+        """Flush and close the audit log, then release every scanner's resources."""
+        writers = list(self._writers.values())
+        self._writers.clear()
+        for writer in writers:
+            await asyncio.to_thread(writer.close)
         for scanner in list(self._cache.values()):
             await scanner.aclose()
         self._cache.clear()
@@ -605,22 +638,28 @@ class Pipeline:
 class _Request:
     """One request's state on its way through the stages."""
 
-    __slots__ = ("pipeline", "compiled", "messages", "as_string", "route", "metadata", "t0", "request_id")
+    __slots__ = ("pipeline", "compiled", "received", "messages", "as_string", "route", "metadata", "t0", "request_id")
 
     def __init__(
         self, pipeline: Pipeline, messages: MessagesLike, route: str | None, metadata: Any, t0: float
     ) -> None:
         self.pipeline = pipeline
         self.compiled = pipeline._state.select(route)  # one read: a concurrent reload cannot mix two policies
-        self.messages = to_messages(messages)
+        self.received = self.messages = to_messages(messages)
         self.as_string = isinstance(messages, str)
         self.route = route
         self.metadata = dict(metadata or {})
         self.t0 = t0
         self.request_id = uuid.uuid4().hex
 
+    def _audit_refusal(self, stage: Stage) -> Verdict | None:
+        writer = self.compiled.audit
+        if writer is not None and not writer.accepting:
+            return _audit_unavailable(stage, writer)
+        return None
+
     async def scan_input(self) -> Verdict:
-        limited = _input_limits(self.compiled, self.messages)
+        limited = self._audit_refusal(Stage.INPUT) or _input_limits(self.compiled, self.messages)
         if limited is not None:
             return limited
         verdict = await run_stage(Stage.INPUT, self.compiled, _input_items(self.messages))
@@ -633,6 +672,9 @@ class _Request:
         return verdict
 
     async def scan_output(self, response: str) -> Verdict:
+        refused = self._audit_refusal(Stage.OUTPUT)
+        if refused is not None:
+            return refused
         limit = self.compiled.policy.limits.max_output_chars
         if len(response) > limit:
             return _limit_verdict(Stage.OUTPUT, f"response of {len(response)} characters; the limit is {limit}")
@@ -668,7 +710,9 @@ class _Request:
             return self.messages[0].content
         return [m.to_dict() for m in self.messages]
 
-    def finish(self, text: str, verdicts: tuple[Verdict, ...], raise_on_block: bool) -> Result:
+    def finish(
+        self, text: str, verdicts: tuple[Verdict, ...], raise_on_block: bool, response: str | None = None
+    ) -> Result:
         policy = self.compiled.policy
         result = Result(
             request_id=self.request_id,
@@ -682,6 +726,9 @@ class _Request:
             duration_ms=(time.perf_counter() - self.t0) * 1000,
             metadata=self.metadata,
         )
+        writer = self.compiled.audit
+        if writer is not None and should_record(result, policy.audit):
+            writer.submit(Entry(result, self.received, response, policy.audit))
         if raise_on_block and result.blocked:
             raise Blocked(result)
         return result

@@ -25,10 +25,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import pydantic_core
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator
 
 from guardrails._exceptions import PolicyError
+from guardrails.audit.settings import AuditSettings, JSONLSinkSettings, SQLiteSinkSettings
 from guardrails.scanners import registry
 from guardrails.scanners.base import ScannerConfig
 
@@ -99,6 +101,7 @@ class _PolicyBase(_Strict):
     )
     refusal: Refusal = Field(default_factory=Refusal)
     limits: Limits = Field(default_factory=Limits)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     routes: dict[str, str] = Field(
         default_factory=dict,
         description="Named routes (tenants) and the policy file each selects, relative to this file.",
@@ -480,6 +483,8 @@ def _type_name(annotation: Any) -> str:
     if origin in (Union, types.UnionType):
         if all(isinstance(a, type) and issubclass(a, ScannerConfig) for a in args):
             return "scanner (by `type`, below)"
+        if all(isinstance(a, type) and issubclass(a, BaseModel) for a in args):
+            return "mapping (by `type`, below)"
         return " \\| ".join(_type_name(a) for a in args)
     if origin is list:
         return f"list of {_type_name(args[0])}"
@@ -498,7 +503,8 @@ def _default(field: Any) -> str:
     value = field.get_default(call_default_factory=True)
     if isinstance(value, BaseModel):
         return "see below"
-    return f"`{json.dumps(value, ensure_ascii=False)}`"
+    value = pydantic_core.to_jsonable_python(value)
+    return f"`{json.dumps(value, ensure_ascii=False, separators=(', ', ': '))}`"
 
 
 def _table(model: type[BaseModel], keys: list[str] | None = None) -> list[str]:
@@ -521,6 +527,10 @@ def policy_reference() -> str:
     out += ["### `input` and `output`", "", *_table(stage), ""]
     out += ["### `output.stream`", "", *_table(output.model_fields["stream"].annotation), ""]
     out += ["### `refusal`", "", *_table(Refusal), "", "### `limits`", "", *_table(Limits), ""]
+    out += ["### `audit`", "", *_table(AuditSettings), ""]
+    for name, sink in (("sqlite", SQLiteSinkSettings), ("jsonl", JSONLSinkSettings)):
+        out += [f"### `audit.sinks` entry `type: {name}`", "", *_table(sink, [k for k in sink.model_fields if k != "type"]), ""]
+    out += ["`type: stdout` takes no other keys: one JSON line per record on standard output.", ""]
     out += ["### Keys every scanner takes", "", *_table(ScannerConfig), ""]
     for name, cls in sorted(registry.scanner_types().items()):
         config = cls.config_model

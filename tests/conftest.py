@@ -21,6 +21,7 @@ def make_pipeline(*, input: list[dict[str, Any]] = (), output: list[dict[str, An
     return Pipeline(policy_from_dict(data))
 
 
-@pytest.fixture
-def pipeline_factory():
-    return make_pipeline
+@pytest.fixture(autouse=True)
+def _private_workdir(tmp_path, monkeypatch):
+    """Each test runs in its own directory, so default audit files (.guardrails/) never land in the repository."""
+    monkeypatch.chdir(tmp_path)

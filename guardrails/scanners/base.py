@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from guardrails.normalize import View, views
+from guardrails.normalize import View, prepare, views
 from guardrails.types import Decision, Finding, Message, Role, ScanResult, Stage
 
 __all__ = ["ScannerConfig", "ScanInput", "Scanner", "RoleKey"]
@@ -109,6 +109,7 @@ class Scanner(ABC):
         self.config = config
         self.id = config.scanner_id
         self._action = Decision(config.action)
+        prepare()  # normalised views may be asked for by any scanner: load their tables at start-up
 
     @abstractmethod
     async def scan(self, batch: Sequence[ScanInput]) -> Sequence[ScanResult]:
