@@ -43,7 +43,7 @@ def test_hash_ignores_formatting_but_not_meaning(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("name: p\nthreshold: 1\n", [r"x\.yaml:2:1: threshold: unknown key 'threshold'", "allowed keys: description"]),
+        ("name: p\nthreshold: 1\n", [r"x\.yaml:2:1: threshold: unknown key 'threshold'", "allowed keys: audit, description"]),
         (
             "name: p\ninput:\n  scanners:\n    - type: regex\n      patterns: [a]\n      threshhold: 0.2\n",
             [r"x\.yaml:6:7: input\.scanners\[0\]\.threshhold: unknown key", "did you mean 'threshold'"],
