@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -22,6 +23,11 @@ def make_pipeline(*, input: list[dict[str, Any]] = (), output: list[dict[str, An
 
 
 @pytest.fixture(autouse=True)
-def _private_workdir(tmp_path, monkeypatch):
+def _private_workdir(tmp_path):
     """Each test runs in its own directory, so default audit files (.guardrails/) never land in the repository."""
-    monkeypatch.chdir(tmp_path)
+    previous = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)

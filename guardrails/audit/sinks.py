@@ -16,7 +16,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,7 +73,7 @@ _CHAIN_HEAD, _CHAIN_ANCHOR = 1, 2
 
 
 def _ts(record: dict[str, Any]) -> float:
-    return datetime.strptime(record["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(record["time"]).timestamp()  # "...Z" is UTC
 
 
 def record_columns(record: dict[str, Any]) -> tuple[Any, ...]:
@@ -144,18 +144,16 @@ class SQLiteSink:
             try:
                 head = conn.execute("SELECT seq, hash FROM chain WHERE id = ?", (_CHAIN_HEAD,)).fetchone()
                 seq, prev = head if head else (0, GENESIS)
+                rows, hits = [], []
                 for record in records:
                     seq += 1
                     text = canonical(record)
                     digest = chain_hash(prev, seq, text, self._key)
-                    conn.execute(
-                        "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (seq, *record_columns(record), text, prev, digest),
-                    )
-                    conn.executemany(
-                        "INSERT INTO hits VALUES (?, ?, ?, ?, ?, ?)", [(seq, *hit) for hit in record_hits(record)]
-                    )
+                    rows.append((seq, *record_columns(record), text, prev, digest))
+                    hits.extend((seq, *hit) for hit in record_hits(record))
                     prev = digest
+                conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                conn.executemany("INSERT INTO hits VALUES (?, ?, ?, ?, ?, ?)", hits)
                 conn.execute("INSERT OR REPLACE INTO chain VALUES (?, ?, ?)", (_CHAIN_HEAD, seq, prev))
                 conn.execute("COMMIT")
             except BaseException:
