@@ -27,7 +27,7 @@ from guardrails.audit.record import GENESIS, canonical, chain_hash
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
-REPO = Path(os.environ.get("MUT_REPO") or Path(__file__).resolve().parents[2])
+REPO = Path(__file__).resolve().parents[2]
 REPORTED = 200
 
 CHILD = r"""
