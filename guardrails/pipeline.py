@@ -227,28 +227,33 @@ async def run_stage(stage: Stage, compiled: _Compiled, items: list[ScanInput]) -
             continue
         task = loop.create_task(_finish(coro, suspended_at))
         pending[task] = (i, scanner, batch, start + scanner.config.timeout)
-    while pending:
-        deadline = min(entry[3] for entry in pending.values())
-        done, _ = await asyncio.wait(pending, timeout=max(deadline - loop.time(), 0), return_when=asyncio.FIRST_COMPLETED)
-        now = loop.time()
-        for task in list(pending):
-            i, scanner, batch, task_deadline = pending[task]
-            if task in done:
-                del pending[task]
-                exc = task.exception()
-                elapsed = (now - start) * 1000
-                if exc is None:
-                    results, duration_ms = task.result()
-                    slots[i] = _checked(scanner, batch, results, duration_ms)
-                else:
-                    slots[i] = _error_result(scanner, exc, elapsed)
-            elif task_deadline <= now:
-                del pending[task]
-                task.cancel()
-                task.add_done_callback(_retrieve)
-                slots[i] = _failure(
-                    scanner, Status.TIMEOUT, f"timed out after {scanner.config.timeout:g}s", (now - start) * 1000
-                )
+    try:
+        while pending:
+            deadline = min(entry[3] for entry in pending.values())
+            timeout = max(deadline - loop.time(), 0)
+            done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            now = loop.time()
+            elapsed = (now - start) * 1000
+            for task in list(pending):
+                i, scanner, batch, task_deadline = pending[task]
+                if task in done:
+                    del pending[task]
+                    if task.cancelled():
+                        slots[i] = _failure(scanner, Status.ERROR, "cancelled", elapsed)
+                    elif task.exception() is not None:
+                        slots[i] = _error_result(scanner, task.exception(), elapsed)
+                    else:
+                        results, duration_ms = task.result()
+                        slots[i] = _checked(scanner, batch, results, duration_ms)
+                elif task_deadline <= now:
+                    del pending[task]
+                    task.cancel()
+                    task.add_done_callback(_retrieve)
+                    slots[i] = _failure(scanner, Status.TIMEOUT, f"timed out after {scanner.config.timeout:g}s", elapsed)
+    finally:
+        for task in pending:  # the request itself was cancelled: stop its scanners too
+            task.cancel()
+            task.add_done_callback(_retrieve)
     results = tuple(slots)  # type: ignore[arg-type]
     return Verdict(stage, decide(results), results, enforced)
 
