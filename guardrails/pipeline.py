@@ -461,17 +461,16 @@ class Pipeline:
         *,
         inline: bool,
     ) -> Result:
-        t0 = time.perf_counter()
-        request = _Request(self, messages, route, metadata, t0)
-        verdict = await request.scan_input()
-        if verdict.effective is Decision.BLOCK:
-            return request.finish(request.compiled.policy.refusal.input, (verdict,), raise_on_block)
-        out = await _call_generate(self._require_generate(generate), request.prompt(), inline=inline)
-        response = out if isinstance(out, str) else "".join([c async for c in _chunks(out, inline=inline)])
-        output = await request.scan_output(response)
-        if output.effective is Decision.BLOCK:
-            return request.finish(request.compiled.policy.refusal.output, (verdict, output), raise_on_block, response)
-        return request.finish(request.redact_output(response, output), (verdict, output), raise_on_block, response)
+        with _Request(self, messages, route, metadata, time.perf_counter()) as request:
+            verdict = await request.scan_input()
+            if verdict.effective is Decision.BLOCK:
+                return request.finish(request.compiled.policy.refusal.input, (verdict,), raise_on_block)
+            out = await _call_generate(self._require_generate(generate), request.prompt(), inline=inline)
+            response = out if isinstance(out, str) else "".join([c async for c in _chunks(out, inline=inline)])
+            output = await request.scan_output(response)
+            refusal = request.compiled.policy.refusal.output
+            text = refusal if output.effective is Decision.BLOCK else request.redact_output(response, output)
+            return request.finish(text, (verdict, output), raise_on_block, response)
 
     def stream(
         self,
@@ -485,50 +484,50 @@ class Pipeline:
         gen = self._require_generate(generate)
 
         async def start(inline: bool) -> AsyncIterator[str]:
-            request = _Request(self, messages, route, metadata, time.perf_counter())
-            verdict = await request.scan_input()
-            policy = request.compiled.policy
-            if verdict.effective is Decision.BLOCK:
-                stream.result = request.finish(policy.refusal.input, (verdict,), False)
-                yield policy.refusal.input
-                return
-            hook = request.output_hook()
-            source = _chunks(await _call_generate(gen, request.prompt(), inline=inline), inline=inline)
-            received: list[str] = []
-            size = 0
-            limit_verdict = None
-            sent: list[str] = []
-            try:
-                async for chunk in source:
-                    received.append(chunk)
-                    size += len(chunk)
-                    if size > policy.limits.max_output_chars:
-                        limit_verdict = _limit_verdict(
-                            Stage.OUTPUT, f"response exceeds {policy.limits.max_output_chars} characters"
-                        )
-                        break
-                    released = await hook.feed(chunk)
-                    if released:
-                        sent.append(released)
-                        yield released
-                    if hook.blocked:
-                        break
+            with _Request(self, messages, route, metadata, time.perf_counter()) as request:
+                verdict = await request.scan_input()
+                policy = request.compiled.policy
+                if verdict.effective is Decision.BLOCK:
+                    stream.result = request.finish(policy.refusal.input, (verdict,), False)
+                    yield policy.refusal.input
+                    return
+                hook = request.output_hook()
+                source = _chunks(await _call_generate(gen, request.prompt(), inline=inline), inline=inline)
+                received: list[str] = []
+                size = 0
+                limit_verdict = None
+                sent: list[str] = []
+                try:
+                    async for chunk in source:
+                        received.append(chunk)
+                        size += len(chunk)
+                        if size > policy.limits.max_output_chars:
+                            limit_verdict = _limit_verdict(
+                                Stage.OUTPUT, f"response exceeds {policy.limits.max_output_chars} characters"
+                            )
+                            break
+                        released = await hook.feed(chunk)
+                        if released:
+                            sent.append(released)
+                            yield released
+                        if hook.blocked:
+                            break
+                    else:
+                        released = await hook.finish()
+                        if released:
+                            sent.append(released)
+                            yield released
+                finally:
+                    aclose = getattr(source, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                output = limit_verdict or hook.verdict
+                response = "".join(received)
+                if output.effective is Decision.BLOCK:
+                    stream.result = request.finish(policy.refusal.output, (verdict, output), False, response)
+                    yield policy.refusal.output
                 else:
-                    released = await hook.finish()
-                    if released:
-                        sent.append(released)
-                        yield released
-            finally:
-                aclose = getattr(source, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            output = limit_verdict or hook.verdict
-            response = "".join(received)
-            if output.effective is Decision.BLOCK:
-                stream.result = request.finish(policy.refusal.output, (verdict, output), False, response)
-                yield policy.refusal.output
-            else:
-                stream.result = request.finish("".join(sent), (verdict, output), False, response)
+                    stream.result = request.finish("".join(sent), (verdict, output), False, response)
 
         stream = GuardedStream(start)
         return stream
@@ -537,10 +536,10 @@ class Pipeline:
         self, messages: MessagesLike, *, route: str | None = None, metadata: Mapping[str, Any] | None = None
     ) -> Result:
         """Check messages without generating. ``result.messages`` holds them after any redaction."""
-        request = _Request(self, messages, route, metadata, time.perf_counter())
-        verdict = await request.scan_input()
-        text = request.compiled.policy.refusal.input if verdict.effective is Decision.BLOCK else ""
-        return request.finish(text, (verdict,), False)
+        with _Request(self, messages, route, metadata, time.perf_counter()) as request:
+            verdict = await request.scan_input()
+            text = request.compiled.policy.refusal.input if verdict.effective is Decision.BLOCK else ""
+            return request.finish(text, (verdict,), False)
 
     async def ascan_output(
         self,
@@ -551,11 +550,11 @@ class Pipeline:
         metadata: Mapping[str, Any] | None = None,
     ) -> Result:
         """Check a response to ``messages`` without generating; ``result.text`` is it after redaction or refusal."""
-        request = _Request(self, messages, route, metadata, time.perf_counter())
-        output = await request.scan_output(response)
-        if output.effective is Decision.BLOCK:
-            return request.finish(request.compiled.policy.refusal.output, (output,), False, response)
-        return request.finish(request.redact_output(response, output), (output,), False, response)
+        with _Request(self, messages, route, metadata, time.perf_counter()) as request:
+            output = await request.scan_output(response)
+            refusal = request.compiled.policy.refusal.output
+            text = refusal if output.effective is Decision.BLOCK else request.redact_output(response, output)
+            return request.finish(text, (output,), False, response)
 
     # -- the sync API: the same coroutines ---------------------------------------------------------------------------
 
@@ -643,7 +642,9 @@ class Pipeline:
 class _Request:
     """One request's state on its way through the stages."""
 
-    __slots__ = ("pipeline", "compiled", "received", "messages", "as_string", "route", "metadata", "t0", "request_id")
+    __slots__ = (
+        "pipeline", "compiled", "received", "messages", "as_string", "route", "metadata", "t0", "request_id", "reserved"
+    )
 
     def __init__(
         self, pipeline: Pipeline, messages: MessagesLike, route: str | None, metadata: Any, t0: float
@@ -656,12 +657,29 @@ class _Request:
         self.metadata = dict(metadata or {})
         self.t0 = t0
         self.request_id = uuid.uuid4().hex
+        self.reserved = False  # holds a place in the audit spools (on_full: block)
 
     def _audit_refusal(self, stage: Stage) -> Verdict | None:
+        """Take a place in the audit spools for this request; a block verdict when there is none."""
         writer = self.compiled.audit
-        if writer is not None and not writer.accepting:
+        if writer is None or self.reserved:
+            return None
+        if not writer.reserve():
             return _audit_unavailable(stage, writer)
+        self.reserved = writer.settings.on_full == "block"
         return None
+
+    def abandon(self) -> None:
+        """Give back the audit reservation if no record used it (no-op after ``finish`` submitted one)."""
+        if self.reserved:
+            self.reserved = False
+            self.compiled.audit.release()
+
+    def __enter__(self) -> _Request:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abandon()  # an exception, or a stream closed early, leaves no record: free its place
 
     async def scan_input(self) -> Verdict:
         limited = self._audit_refusal(Stage.INPUT) or _input_limits(self.compiled, self.messages)
@@ -733,7 +751,10 @@ class _Request:
         )
         writer = self.compiled.audit
         if writer is not None and should_record(result, policy.audit):
-            writer.submit(Entry(result, self.received, response, policy.audit))
+            writer.submit(Entry(result, self.received, response, policy.audit), reserved=self.reserved)
+            self.reserved = False
+        else:
+            self.abandon()
         if raise_on_block and result.blocked:
             raise Blocked(result)
         return result

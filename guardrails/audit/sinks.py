@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -127,13 +128,16 @@ class SQLiteSink:
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
             conn = connect(self.settings.path, busy_timeout=self.settings.busy_timeout)
-            conn.execute(f"PRAGMA synchronous = {self.settings.synchronous.upper()}")
-            algorithm = "hmac-sha256" if self._key is not None else "sha256"
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('chain', ?)", (algorithm,))
-            stored = conn.execute("SELECT value FROM meta WHERE key = 'chain'").fetchone()[0]
-            if stored != algorithm:
+            try:
+                conn.execute(f"PRAGMA synchronous = {self.settings.synchronous.upper()}")
+                algorithm = "hmac-sha256" if self._key is not None else "sha256"
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('chain', ?)", (algorithm,))
+                stored = conn.execute("SELECT value FROM meta WHERE key = 'chain'").fetchone()[0]
+                if stored != algorithm:
+                    raise RuntimeError(f"{self.settings.path} is chained with {stored}, this policy uses {algorithm}")
+            except BaseException:
                 conn.close()
-                raise RuntimeError(f"{self.settings.path} is chained with {stored}, this policy uses {algorithm}")
+                raise
             self._conn = conn
         return self._conn
 
@@ -224,11 +228,17 @@ class JSONLSink:
             self._rotate()
         fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(f"short write to {self._path}: {written} of {len(data)} bytes")
-            if self.settings.fsync:
-                os.fsync(fd)
+            start = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(f"short write to {self._path}: {written} of {len(data)} bytes")
+                if self.settings.fsync:
+                    os.fsync(fd)
+            except BaseException:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.ftruncate(fd, start)  # no torn line stays behind for the retry to append after
+                raise
         finally:
             os.close(fd)
         self._head = (seq, prev)

@@ -1,7 +1,8 @@
 """Writing audit records off the request path, without ever dropping one silently.
 
 The pipeline hands each entry to :meth:`AuditWriter.submit`, which only appends it to one bounded spool per sink;
-a background thread builds the records and writes them in batches. A sink that fails (disk full, locked or
+a background thread builds the records and writes them in batches. Under ``on_full: block`` a request first takes a
+place in the spools (:meth:`reserve`), so a request that is answered can always be recorded. A sink that fails (disk full, locked or
 read-only file, missing directory) keeps its records spooled and is retried with backoff; the failure shows in
 :meth:`status`, in counters and in one log line per change of state, and the records are written once the sink
 recovers. When a spool is full the policy decides: ``block`` new requests (the pipeline refuses them) or ``drop``
@@ -88,6 +89,7 @@ class AuditWriter:
         self._states = [_SinkState(make_sink(s, key)) for s in settings.sinks]
         self._cond = threading.Condition()
         self._submitted = 0
+        self._reserved = 0  # places in every spool held by requests in flight (on_full: block)
         self._refused = 0
         self._closing = False
         self._thread: threading.Thread | None = None  # started with the first record
@@ -95,23 +97,38 @@ class AuditWriter:
 
     # -- the request path --------------------------------------------------------------------------------------
 
-    @property
-    def accepting(self) -> bool:
-        """False when a spool is full and the policy says to block new requests."""
+    def reserve(self) -> bool:
+        """Hold a place in every spool for a request about to run (``on_full: block`` only; always True for drop).
+
+        False when the spools are full: the pipeline then blocks the request. A reservation is used by
+        :meth:`submit` (``reserved=True``) or given back with :meth:`release`.
+        """
         if self.settings.on_full == "drop":
             return True
         with self._cond:
-            return all(len(s.spool) < self.settings.queue_size for s in self._states)
+            if all(len(s.spool) + self._reserved < self.settings.queue_size for s in self._states):
+                self._reserved += 1
+                return True
+            self._refused += 1
+            return False
 
-    def submit(self, entry: Entry) -> bool:
-        """Spool ``entry`` for every sink. False when a full spool refused or dropped it (it is counted)."""
+    def release(self) -> None:
+        """Give back a reservation that no record used."""
+        with self._cond:
+            self._reserved -= 1
+
+    def submit(self, entry: Entry, *, reserved: bool = False) -> bool:
+        """Spool ``entry`` for every sink. False when a full spool dropped it for some sink (counted and logged)."""
         with self._cond:
             if self._closing:
                 raise RuntimeError("the audit writer is closed")
-            full = [s for s in self._states if len(s.spool) >= self.settings.queue_size]
+            if reserved:
+                self._reserved -= 1
+                full = []
+            else:
+                full = [s for s in self._states if len(s.spool) + self._reserved >= self.settings.queue_size]
             if full and self.settings.on_full == "block":
-                self._refused += 1
-                return False
+                return False  # only a request refused by reserve() comes here: it is counted there
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="guardrails-audit", daemon=True)
                 self._thread.start()
@@ -135,11 +152,9 @@ class AuditWriter:
                 while True:
                     now = time.monotonic()
                     ready = [s for s in self._states if s.spool and s.retry_at <= now]
-                    if ready or (self._closing and not any(s.spool for s in self._states)):
+                    if ready or self._closing:  # closing: one last attempt for what is ready, no more retries
                         break
                     waits = [s.retry_at - now for s in self._states if s.spool]
-                    if self._closing and not waits:
-                        break
                     self._cond.wait(timeout=min(waits) if waits else None)
                 if not ready:
                     return
@@ -164,8 +179,9 @@ class AuditWriter:
                 self._cond.notify_all()
             return
         with self._cond:
-            for _ in batch:
-                state.spool.popleft()
+            for number, _ in batch:
+                if state.spool and state.spool[0][0] == number:
+                    state.spool.popleft()
             state.written += len(batch)
             state.backoff = BACKOFF_FIRST
             state.retry_at = 0.0
@@ -205,15 +221,16 @@ class AuditWriter:
         flushed = self.flush(timeout)
         with self._cond:
             self._closing = True
-            if not flushed:
-                for state in self._states:
-                    if state.spool:
-                        log.error("audit sink %s closed with %d records unwritten: %s", state.sink.name,
-                                  len(state.spool), state.last_error)
-                        state.spool.clear()
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout=max(timeout, 1.0))
+            self._thread.join(timeout=max(timeout, 1.0))  # lets a write in flight finish
+        with self._cond:
+            for state in self._states:
+                if state.spool:
+                    log.error("audit sink %s closed with %d records unwritten: %s", state.sink.name,
+                              len(state.spool), state.last_error)
+                    state.spool.clear()
+                    flushed = False
         for state in self._states:
             state.sink.close()
         _OPEN.discard(self)

@@ -6,9 +6,13 @@ path unwritable; a regular file where a directory should be, another process's l
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +27,7 @@ from guardrails.audit import AuditStore
 from guardrails.audit.record import GENESIS, canonical, chain_hash
 from guardrails.testing import FakeGenerator
 
+REPO = Path(__file__).resolve().parents[2]
 BLOCK_ALL = [{"type": "static", "score": 1}]
 
 
@@ -309,3 +314,93 @@ def test_close_waits_for_a_sink_that_recovers_while_closing():
 
     assert stored_ids(db) == {first.request_id, *(r.request_id for r in results)}
     verify(db)
+
+
+# -- library bugs found while writing these tests ---------------------------------------------------------------
+
+
+async def test_full_spool_with_on_full_block_never_answers_a_request_it_did_not_record(pipelines):
+    blocker = Path("blocker")
+    blocker.write_text("")
+    db = "blocker/audit.sqlite"
+    pipe = pipelines(
+        output=[{"type": "static", "score": 0, "delay": 0.5}],
+        audit={"record": "all", "queue_size": 1, "on_full": "block", "sinks": [{"type": "sqlite", "path": db}]},
+    )
+    gen = FakeGenerator()
+
+    results = await asyncio.gather(pipe.arun("one", generate=gen), pipe.arun("two", generate=gen))
+
+    blocker.unlink()
+    assert pipe.audit.flush(timeout=10)
+    answered = {r.request_id for r in results if not r.blocked}
+    assert answered <= stored_ids(db), f"answered but never recorded; refused={pipe.audit.refused}"
+
+
+def test_close_timing_out_during_a_write_attempt_does_not_crash_the_writer_thread(pipelines, monkeypatch):
+    crashes: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashes.append(args.exc_value))
+    db = "audit.sqlite"
+    pipe = pipelines(input=BLOCK_ALL, audit={"sinks": [{"type": "sqlite", "path": db, "busy_timeout": 3.0}]})
+    writer = pipe.audit
+    pipe.scan_input("first")
+    assert writer.flush(timeout=10)
+
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN EXCLUSIVE")
+    [pipe.scan_input(f"request {i}") for i in range(3)]  # the writer thread now waits up to 3 s for the lock
+
+    def release() -> None:
+        time.sleep(0.5)  # after close(timeout=0.2) gave up, before the writer's busy timeout runs out
+        other.execute("COMMIT")
+        other.close()
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    try:
+        writer.close(timeout=0.2)
+    finally:
+        releaser.join(timeout=10)
+    writer._thread.join(timeout=10)  # the attempt that was in flight when close() gave up has ended
+
+    assert crashes == []
+
+
+FSIZE_CHILD = r"""
+import resource, signal, sys
+from guardrails import Pipeline
+from guardrails.policy import policy_from_dict
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing us
+pipe = Pipeline(policy_from_dict({
+    "name": "fsize",
+    "input": {"scanners": [{"type": "static", "score": 1}]},
+    "output": {"scanners": []},
+    "audit": {"sinks": [{"type": "jsonl", "path": "audit.jsonl"}]},
+}))
+writer = pipe.audit
+pipe.scan_input("first request")
+assert writer.flush(timeout=10)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+size = len(open("audit.jsonl", "rb").read())
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, hard))  # the disk fills up 100 bytes into the next line
+pipe.scan_input("second request")
+assert not writer.flush(timeout=0.5)
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # room again
+assert writer.flush(timeout=10)
+pipe.close()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs RLIMIT_FSIZE")
+def test_jsonl_write_cut_short_by_a_full_disk_leaves_no_torn_line(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(FSIZE_CHILD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "short write" in proc.stderr  # the full disk really cut a write short
+    lines = jsonl_chain(tmp_path / "audit.jsonl")
+    assert [line["record"]["content"]["messages"][0]["length"] for line in lines] == [13, 14]
