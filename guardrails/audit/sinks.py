@@ -122,19 +122,20 @@ class SQLiteSink:
     def __init__(self, settings: SQLiteSinkSettings, key: bytes | None) -> None:
         self.settings = settings
         self.name = f"sqlite:{settings.path}"
+        self._path = Path(settings.path).absolute()  # relative to the working directory at start-up, not later
         self._key = key
         self._conn: sqlite3.Connection | None = None
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = connect(self.settings.path, busy_timeout=self.settings.busy_timeout)
+            conn = connect(self._path, busy_timeout=self.settings.busy_timeout)
             try:
                 conn.execute(f"PRAGMA synchronous = {self.settings.synchronous.upper()}")
                 algorithm = "hmac-sha256" if self._key is not None else "sha256"
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('chain', ?)", (algorithm,))
                 stored = conn.execute("SELECT value FROM meta WHERE key = 'chain'").fetchone()[0]
                 if stored != algorithm:
-                    raise RuntimeError(f"{self.settings.path} is chained with {stored}, this policy uses {algorithm}")
+                    raise RuntimeError(f"{self._path} is chained with {stored}, this policy uses {algorithm}")
             except BaseException:
                 conn.close()
                 raise
@@ -182,7 +183,7 @@ class JSONLSink:
         self.settings = settings
         self.name = f"jsonl:{settings.path}"
         self._key = key
-        self._path = Path(settings.path)
+        self._path = Path(settings.path).absolute()  # relative to the working directory at start-up, not later
         self._head: tuple[int, str] | None = None
 
     def _last_line(self) -> tuple[int, str]:
