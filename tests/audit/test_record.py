@@ -110,3 +110,17 @@ def test_allowed_requests_leave_no_record_and_create_no_thread(tmp_path):
         pipe.run("hi", generate=FakeGenerator())
     assert pipe.audit._thread is None
     assert not (tmp_path / ".guardrails").exists()
+
+
+def test_relative_audit_paths_resolve_at_start_up_not_at_first_write(tmp_path):
+    import os
+
+    pipe = make_pipeline(input=[{"type": "static", "score": 1}], audit={"sinks": [{"type": "sqlite", "path": "r.sqlite"},
+                                                                                   {"type": "jsonl", "path": "r.jsonl"}]})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)  # the conftest fixture restores the directory
+    pipe.run("hi", generate=FakeGenerator())
+    assert pipe.audit.flush(timeout=10)
+    assert (tmp_path / "r.sqlite").is_file() and (tmp_path / "r.jsonl").is_file()
+    assert list(elsewhere.iterdir()) == []
