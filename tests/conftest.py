@@ -22,6 +22,20 @@ def make_pipeline(*, input: list[dict[str, Any]] = (), output: list[dict[str, An
     return Pipeline(policy_from_dict(data))
 
 
+@pytest.fixture(scope="session")
+def prompt_guard_v2(tmp_path_factory) -> str:
+    from checkpoints import build_prompt_guard
+
+    return str(build_prompt_guard(tmp_path_factory.mktemp("pg2"), num_labels=2))
+
+
+@pytest.fixture(scope="session")
+def prompt_guard_v1(tmp_path_factory) -> str:
+    from checkpoints import build_prompt_guard
+
+    return str(build_prompt_guard(tmp_path_factory.mktemp("pg1"), num_labels=3, seed=1))
+
+
 @pytest.fixture(autouse=True)
 def _private_workdir(tmp_path):
     """Each test runs in its own directory, so default audit files (.guardrails/) never land in the repository."""

@@ -11,13 +11,15 @@ from guardrails.scanners.registry import register
 from guardrails.testing import FakeGenerator
 from guardrails._exceptions import ScannerError
 
-# The smallest config of each type: the keys it requires beyond `type`.
-REQUIRED = {"regex": {"patterns": ["x"]}}
+@pytest.fixture
+def required(prompt_guard_v2):
+    """The smallest config of each type: the keys it requires beyond `type`."""
+    return {"regex": {"patterns": ["x"]}, "prompt_guard": {"model": prompt_guard_v2}}
 
 
 @pytest.mark.parametrize("name", sorted(n for n in scanner_types() if not n.startswith("test_")))
-def test_every_registered_type_builds_from_a_minimal_policy_and_scans(name):
-    config = {"type": name, **REQUIRED.get(name, {})}
+def test_every_registered_type_builds_from_a_minimal_policy_and_scans(name, required):
+    config = {"type": name, **required.get(name, {})}
     policy = policy_from_dict({"name": "minimal", "input": {"scanners": [config]}, "output": {"scanners": [config]}})
     with Pipeline(policy) as pipe:
         result = pipe.run("hello", generate=FakeGenerator(default="world"))
