@@ -36,6 +36,13 @@ def prompt_guard_v1(tmp_path_factory) -> str:
     return str(build_prompt_guard(tmp_path_factory.mktemp("pg1"), num_labels=3, seed=1))
 
 
+@pytest.fixture(scope="session")
+def llama_guard_tiny(tmp_path_factory) -> str:
+    from checkpoints import build_llama_guard
+
+    return str(build_llama_guard(tmp_path_factory.mktemp("lg")))
+
+
 @pytest.fixture(autouse=True)
 def _private_workdir(tmp_path):
     """Each test runs in its own directory, so default audit files (.guardrails/) never land in the repository."""

@@ -157,7 +157,7 @@ def rendered_categories(
     if not cats:
         raise ValueError("categories is empty: Llama Guard needs at least one category to check")
     for code, text in cats.items():
-        if not isinstance(code, str) or not code or code != code.strip() or ":" in code:
+        if not isinstance(code, str) or not code or ":" in code or any(ch.isspace() for ch in code):
             raise ValueError(f"category code {code!r} must be a non-empty string without spaces or ':' (e.g. 'S1')")
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"category {code!r} needs a text, e.g. 'Violent Crimes.'")

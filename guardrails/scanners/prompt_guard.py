@@ -43,7 +43,7 @@ class PromptGuardConfig(ScannerConfig):
     )
     window: int = Field(default=512, ge=16, description="Tokens per window, special tokens included (model maximum).")
     overlap: int = Field(default=64, ge=0, description="Tokens shared by neighbouring windows.")
-    max_batch: int = Field(default=16, ge=1, description="Most windows in one forward pass.")
+    max_batch: int = Field(default=32, ge=1, description="Most windows in one forward pass.")
     max_wait_ms: float = Field(default=5.0, ge=0, description="How long a forward pass waits for more requests.")
     device: Literal["cpu", "cuda", "auto"] = Field(default="cpu", description="Where the model runs.")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(default="float32", description="Weights' type.")
