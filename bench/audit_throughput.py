@@ -26,8 +26,11 @@ SCANNERS = [{"id": "always", "type": "static", "score": 1.0, "categories": ["S9"
 
 
 def pipeline(path: Path, record: str, synchronous: str = "full") -> Pipeline:
-    audit = {"record": record, "sinks": [{"type": "sqlite", "path": str(path), "synchronous": synchronous}],
-             "queue_size": 1_000_000}
+    audit = {
+        "record": record,
+        "sinks": [{"type": "sqlite", "path": str(path), "synchronous": synchronous}],
+        "queue_size": 1_000_000,
+    }
     return Pipeline(policy_from_dict({"name": "bench", "input": {"scanners": SCANNERS}, "audit": audit}))
 
 
@@ -56,9 +59,11 @@ def throughput(path: Path, n: int, threads: int, synchronous: str) -> float:
         report = store.verify()
     assert report.ok, report
     total = per_thread * threads
-    print(f"  sqlite synchronous={synchronous:<6} {threads} threads: {total} records in {elapsed:6.2f} s = "
-          f"{total / elapsed:8.0f} records/s (requests finished after {submitted:5.2f} s; chain verified: "
-          f"{report.checked} records)")
+    print(
+        f"  sqlite synchronous={synchronous:<6} {threads} threads: {total} records in {elapsed:6.2f} s = "
+        f"{total / elapsed:8.0f} records/s (requests finished after {submitted:5.2f} s; chain verified: "
+        f"{report.checked} records)"
+    )
     return total / elapsed
 
 
@@ -79,8 +84,10 @@ def added_latency(path: Path, n: int, rounds: int) -> None:
         a.append(per_request(audited))
         audited.audit.flush(timeout=600)  # keep the spool from growing across rounds
     ma, mp = statistics.median(a), statistics.median(p)
-    print(f"  audited {ma:7.1f} us/request, unaudited {mp:7.1f} us/request: auditing adds {ma - mp:6.1f} us "
-          f"per request (ratio {ma / mp:.2f}x)")
+    print(
+        f"  audited {ma:7.1f} us/request, unaudited {mp:7.1f} us/request: auditing adds {ma - mp:6.1f} us "
+        f"per request (ratio {ma / mp:.2f}x)"
+    )
     audited.close()
     plain.close()
 

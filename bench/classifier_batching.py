@@ -3,8 +3,9 @@
 Run: .venv/bin/python bench/classifier_batching.py [--requests-per-client N] [--dtype float32|bfloat16]
 
 The checkpoint has the real Prompt-Guard-86M shape (mDeBERTa-v3-base: 12 layers, hidden 768, vocabulary 250,105)
-with random weights, built into a temporary directory. Prompt lengths are chosen with --lengths (short: 4-30 words, mixed: 8-180, long: 150-400). At each concurrency
-level, that many clients each send requests one after another (closed loop):
+with random weights, built into a temporary directory. Prompt lengths are chosen with --lengths (short: 4-30 words,
+mixed: 8-180, long: 150-400). At each concurrency level, that many clients each send requests one after another
+(closed loop):
 
 - baseline: each request tokenises its text and calls the model alone (batch 1) on a thread of its own, the way a
   service that calls transformers per request does;
@@ -40,10 +41,21 @@ def build_checkpoint(path: Path) -> Path:
 
     tokenizer = build_tokenizer(512)
     config = DebertaV2Config(  # microsoft/mdeberta-v3-base, as Prompt-Guard-86M uses it
-        vocab_size=250_105, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        max_position_embeddings=512, relative_attention=True, position_buckets=256, norm_rel_ebd="layer_norm",
-        share_att_key=True, pos_att_type=["p2c", "c2p"], position_biased_input=False, max_relative_positions=-1,
-        num_labels=2, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=250_105,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        relative_attention=True,
+        position_buckets=256,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+        max_relative_positions=-1,
+        num_labels=2,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     tokenizer.save_pretrained(path)
@@ -112,20 +124,31 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-batch-tokens", type=int, default=1024)
     parser.add_argument("--lengths", default="mixed", choices=sorted(LENGTHS), help="prompt lengths (default: mixed)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         print("building a random Prompt-Guard-86M-shaped checkpoint ...", flush=True)
         path = build_checkpoint(Path(tmp) / "pg86m")
         cls = scanner_class("prompt_guard")
-        scanner = cls(cls.config_model(type="prompt_guard", model=str(path), dtype=args.dtype,
-                                       max_batch=args.max_batch, max_wait_ms=5))
+        scanner = cls(
+            cls.config_model(
+                type="prompt_guard",
+                model=str(path),
+                dtype=args.dtype,
+                max_batch=args.max_batch,
+                max_batch_tokens=args.max_batch_tokens,
+                max_wait_ms=5,
+            )
+        )
         warm = prompts(4, LENGTHS[args.lengths], seed=99)
         baseline(scanner, [warm])
         batched(scanner, [warm])
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}, "
-              f"max_batch {args.max_batch}, {args.lengths} prompts ({LENGTHS[args.lengths][0]}-"
-              f"{LENGTHS[args.lengths][1]} words)")
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}, "
+            f"max_batch {args.max_batch}, max_batch_tokens {args.max_batch_tokens}, {args.lengths} prompts ({LENGTHS[args.lengths][0]}-"
+            f"{LENGTHS[args.lengths][1]} words)"
+        )
         print(f"{'clients':>7} {'':>9} {'req/s':>8} {'p50 ms':>9} {'p99 ms':>9}")
         for level in [int(x) for x in args.levels.split(",")]:
             per_client = args.requests_per_client or max(2, 64 // level)
@@ -136,11 +159,15 @@ def main() -> None:
             b50, b99 = percentile(b_lat, 50) * 1000, percentile(b_lat, 99) * 1000
             m50, m99 = percentile(m_lat, 50) * 1000, percentile(m_lat, 99) * 1000
             print(f"{level:>7} {'baseline':>9} {b_tput:8.2f} {b50:9.1f} {b99:9.1f}")
-            print(f"{level:>7} {'batched':>9} {m_tput:8.2f} {m50:9.1f} {m99:9.1f}   throughput x{m_tput / b_tput:.2f}, "
-                  f"p99 / baseline p50 = {m99 / b50:.2f}")
+            print(
+                f"{level:>7} {'batched':>9} {m_tput:8.2f} {m50:9.1f} {m99:9.1f}   throughput x{m_tput / b_tput:.2f}, "
+                f"p99 / baseline p50 = {m99 / b50:.2f}"
+            )
         stats = scanner.runner.stats
-        print(f"runtime: {stats.batches} forward passes, mean batch {stats.mean_batch:.1f}, padding "
-              f"{stats.padded_tokens / max(stats.real_tokens, 1) - 1:.0%} over real tokens")
+        print(
+            f"runtime: {stats.batches} forward passes, mean batch {stats.mean_batch:.1f}, padding "
+            f"{stats.padded_tokens / max(stats.real_tokens, 1) - 1:.0%} over real tokens"
+        )
         scanner.runner.close()
 
 

@@ -1,10 +1,10 @@
 """guardrails: safety middleware around any LLM generate call.
 
-    from guardrails import Pipeline
+from guardrails import Pipeline
 
-    pipe = Pipeline.from_policy("default")
-    result = pipe.run("Summarise this email ...", generate=my_generate)
-    result.text, result.blocked, result.decision, result.verdicts, result.request_id
+pipe = Pipeline.from_policy("default")
+result = pipe.run("Summarise this email ...", generate=my_generate)
+result.text, result.blocked, result.decision, result.verdicts, result.request_id
 """
 
 from guardrails._exceptions import Blocked, GuardrailError, PolicyError, ScannerError

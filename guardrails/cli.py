@@ -99,8 +99,13 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
         since = parse_duration(args.since) if args.since else None
     except ValueError as exc:
         raise GuardrailError(str(exc)) from None
-    return {"since": since, "decision": args.decision, "scanner": args.scanner, "tenant": args.tenant,
-            "category": args.category}
+    return {
+        "since": since,
+        "decision": args.decision,
+        "scanner": args.scanner,
+        "tenant": args.tenant,
+        "category": args.category,
+    }
 
 
 def _cmd_audit_list(args: argparse.Namespace) -> int:

@@ -53,7 +53,9 @@ REPLIES = {
 def _visible(text: str, limit: int = 110) -> str:
     """Show invisible characters as escapes, and cut long text."""
     shown = "".join(
-        (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}") if unicodedata.category(c) in ("Cf", "Mn") or 0xE0000 <= ord(c) <= 0xE007F else c
+        (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+        if unicodedata.category(c) in ("Cf", "Mn") or 0xE0000 <= ord(c) <= 0xE007F
+        else c
         for c in text
     )
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."

@@ -84,7 +84,9 @@ class _State:
             return self.routes[route]
         except KeyError:
             known = ", ".join(sorted(self.routes)) or "none"
-            raise PolicyError(f"unknown route {route!r}; routes of policy {self.default.policy.name!r}: {known}") from None
+            raise PolicyError(
+                f"unknown route {route!r}; routes of policy {self.default.policy.name!r}: {known}"
+            ) from None
 
 
 def _build_state(
@@ -249,7 +251,9 @@ async def run_stage(stage: Stage, compiled: _Compiled, items: list[ScanInput]) -
                     del pending[task]
                     task.cancel()
                     task.add_done_callback(_retrieve)
-                    slots[i] = _failure(scanner, Status.TIMEOUT, f"timed out after {scanner.config.timeout:g}s", elapsed)
+                    slots[i] = _failure(
+                        scanner, Status.TIMEOUT, f"timed out after {scanner.config.timeout:g}s", elapsed
+                    )
     finally:
         for task in pending:  # the request itself was cancelled: stop its scanners too
             task.cancel()
@@ -274,7 +278,9 @@ def _redaction_spans(verdict: Verdict, compiled: _Compiled) -> dict[int | None, 
 
 def _input_items(messages: tuple[Message, ...]) -> list[ScanInput]:
     return [
-        ScanInput(m.content, role=m.role, index=i, stage=Stage.INPUT, third_party=m.third_party, conversation=messages[:i])
+        ScanInput(
+            m.content, role=m.role, index=i, stage=Stage.INPUT, third_party=m.third_party, conversation=messages[:i]
+        )
         for i, m in enumerate(messages)
     ]
 
@@ -643,12 +649,19 @@ class _Request:
     """One request's state on its way through the stages."""
 
     __slots__ = (
-        "pipeline", "compiled", "received", "messages", "as_string", "route", "metadata", "t0", "request_id", "reserved"
+        "pipeline",
+        "compiled",
+        "received",
+        "messages",
+        "as_string",
+        "route",
+        "metadata",
+        "t0",
+        "request_id",
+        "reserved",
     )
 
-    def __init__(
-        self, pipeline: Pipeline, messages: MessagesLike, route: str | None, metadata: Any, t0: float
-    ) -> None:
+    def __init__(self, pipeline: Pipeline, messages: MessagesLike, route: str | None, metadata: Any, t0: float) -> None:
         self.pipeline = pipeline
         self.compiled = pipeline._state.select(route)  # one read: a concurrent reload cannot mix two policies
         self.received = self.messages = to_messages(messages)

@@ -66,11 +66,15 @@ class StreamSettings(_Strict):
     check_every: int = Field(default=256, gt=0, description="Characters of new text that trigger a scan.")
     overlap: int = Field(default=128, ge=0, description="Characters of released text rescanned for context.")
     holdback: int = Field(
-        default=64, ge=0, description="Characters kept unreleased after a scan, so a match still being written is "
+        default=64,
+        ge=0,
+        description="Characters kept unreleased after a scan, so a match still being written is "
         "never released half-way.",
     )
     max_held: int = Field(
-        default=8192, gt=0, description="Most characters held for a match the window's end cuts short (a token, a "
+        default=8192,
+        gt=0,
+        description="Most characters held for a match the window's end cuts short (a token, a "
         "key block) before text is released anyway; bounds the rescanning work.",
     )
 
@@ -246,8 +250,9 @@ def _read_yaml(path: Path) -> _MDict:
     if data is None:
         raise PolicyError(f"{display}: policy file is empty; it needs at least `name:`")
     if not isinstance(data, _MDict):
-        raise PolicyError(f"{display}:1:1: a policy is a mapping of keys (name, input, output, ...), "
-                          f"not a {type(data).__name__}")
+        raise PolicyError(
+            f"{display}:1:1: a policy is a mapping of keys (name, input, output, ...), not a {type(data).__name__}"
+        )
     return data
 
 
@@ -327,8 +332,13 @@ def _annotation_at(model: Any, loc: tuple[Any, ...]) -> Any:
                     current = args[0]
                     break
                 if isinstance(part, str):
-                    matches = [a for a in args if isinstance(a, type) and issubclass(a, ScannerConfig)
-                               and typing.get_args(a.model_fields["type"].annotation) == (part,)]
+                    matches = [
+                        a
+                        for a in args
+                        if isinstance(a, type)
+                        and issubclass(a, ScannerConfig)
+                        and typing.get_args(a.model_fields["type"].annotation) == (part,)
+                    ]
                     if matches:
                         current = matches[0]
                         part = None
@@ -529,13 +539,21 @@ def policy_reference() -> str:
     out += ["### `refusal`", "", *_table(Refusal), "", "### `limits`", "", *_table(Limits), ""]
     out += ["### `audit`", "", *_table(AuditSettings), ""]
     for name, sink in (("sqlite", SQLiteSinkSettings), ("jsonl", JSONLSinkSettings)):
-        out += [f"### `audit.sinks` entry `type: {name}`", "", *_table(sink, [k for k in sink.model_fields if k != "type"]), ""]
+        out += [
+            f"### `audit.sinks` entry `type: {name}`",
+            "",
+            *_table(sink, [k for k in sink.model_fields if k != "type"]),
+            "",
+        ]
     out += ["`type: stdout` takes no other keys: one JSON line per record on standard output.", ""]
     out += ["### Keys every scanner takes", "", *_table(ScannerConfig), ""]
     for name, cls in sorted(registry.scanner_types().items()):
         config = cls.config_model
-        own = [k for k, f in config.model_fields.items() if k != "type" and (
-            k not in common or f.default != ScannerConfig.model_fields[k].default)]
+        own = [
+            k
+            for k, f in config.model_fields.items()
+            if k != "type" and (k not in common or f.default != ScannerConfig.model_fields[k].default)
+        ]
         summary = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         out += [f"### Scanner `type: {name}`", "", summary, ""]
         out += [*_table(config, own), ""] if own else ["No keys beyond the common ones.", ""]

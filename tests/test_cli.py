@@ -24,8 +24,12 @@ def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
         (["scan", "-"], INJECTION.encode(), 1, "block"),
         (["scan"], base64.b64encode(INJECTION.encode()), 1, "block"),
         (["scan", "--stage", "output", "token ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"], None, 0, "redact"),
-        (["scan", "--policy", "strict", "--stage", "output", "k=ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"], None, 1,
-         "block"),
+        (
+            ["scan", "--policy", "strict", "--stage", "output", "k=ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"],
+            None,
+            1,
+            "block",
+        ),
         (["scan", "--policy", "shadow", INJECTION], None, 0, "allow"),
     ],
 )
@@ -82,8 +86,9 @@ def test_policy_check_reports_every_bad_file_and_keeps_going(tmp_path):
     assert b"bogus" in proc.stderr and b"ok " in proc.stdout
 
 
-@pytest.mark.parametrize("command", [[], ["scan"], ["policy"], ["policy", "check"], ["policy", "reference"],
-                                     ["policy", "list"], ["demo"]])
+@pytest.mark.parametrize(
+    "command", [[], ["scan"], ["policy"], ["policy", "check"], ["policy", "reference"], ["policy", "list"], ["demo"]]
+)
 def test_help_for_every_command(command):
     proc = cli(*command, "--help")
     assert proc.returncode == 0
@@ -99,6 +104,14 @@ def test_demo_shows_allowed_redacted_and_blocked_exchanges():
     proc = cli("demo")
     assert proc.returncode == 0, proc.stderr.decode()
     out = proc.stdout.decode()
-    for expected in ("decision : ALLOW", "decision : BLOCK", "decision : REDACT", "in hidden text",
-                     "in base64 text", "in normalized text", "[REDACTED:github_token]", "shadow: not enforced"):
+    for expected in (
+        "decision : ALLOW",
+        "decision : BLOCK",
+        "decision : REDACT",
+        "in hidden text",
+        "in base64 text",
+        "in normalized text",
+        "[REDACTED:github_token]",
+        "shadow: not enforced",
+    ):
         assert expected in out

@@ -27,8 +27,19 @@ def test_readme_opens_with_the_two_commands():
 
 def test_reference_covers_every_scanner_type_and_common_key():
     ref = policy_reference()
-    for key in ("`threshold`", "`thresholds`", "`on_error`", "`timeout`", "`roles`", "`action`", "`mode`",
-                "`extends`", "`routes`", "`check_every`", "`max_input_chars`"):
+    for key in (
+        "`threshold`",
+        "`thresholds`",
+        "`on_error`",
+        "`timeout`",
+        "`roles`",
+        "`action`",
+        "`mode`",
+        "`extends`",
+        "`routes`",
+        "`check_every`",
+        "`max_input_chars`",
+    ):
         assert key in ref
     for name in ("invisible_text", "regex", "secrets", "static"):
         assert f"type: {name}" in ref

@@ -96,7 +96,12 @@ def test_normalized_view(text, expected):
 
 @pytest.mark.parametrize(
     ("text", "folded"),
-    [("caf\u00e9", "cafe"), ("na\u00efve r\u00e9sum\u00e9", "naive resume"), ("\u00fcber", "uber"), ("ign\u00f3re", "ignore")],
+    [
+        ("caf\u00e9", "cafe"),
+        ("na\u00efve r\u00e9sum\u00e9", "naive resume"),
+        ("\u00fcber", "uber"),
+        ("ign\u00f3re", "ignore"),
+    ],
 )
 def test_precomposed_accented_letters_fold_to_their_base_letters(text, folded):
     assert [v.text for v in views(text) if v.kind == "normalized"] == [folded]

@@ -87,7 +87,9 @@ def test_hidden_and_encoded_versions_of_a_blocked_prompt_are_blocked(variant):
 
 def test_plain_benign_prompt_passes_the_default_policy():
     pipe = Pipeline.from_policy("default")
-    result = pipe.run("Summarise the previous chapter's instructions for assembling the shelf.", generate=FakeGenerator())
+    result = pipe.run(
+        "Summarise the previous chapter's instructions for assembling the shelf.", generate=FakeGenerator()
+    )
     assert result.decision is Decision.ALLOW
 
 

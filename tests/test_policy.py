@@ -43,7 +43,10 @@ def test_hash_ignores_formatting_but_not_meaning(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("name: p\nthreshold: 1\n", [r"x\.yaml:2:1: threshold: unknown key 'threshold'", "allowed keys: audit, description"]),
+        (
+            "name: p\nthreshold: 1\n",
+            [r"x\.yaml:2:1: threshold: unknown key 'threshold'", "allowed keys: audit, description"],
+        ),
         (
             "name: p\ninput:\n  scanners:\n    - type: regex\n      patterns: [a]\n      threshhold: 0.2\n",
             [r"x\.yaml:6:7: input\.scanners\[0\]\.threshhold: unknown key", "did you mean 'threshold'"],
@@ -144,7 +147,11 @@ def test_extends_cycle_is_reported(tmp_path):
 
 
 def test_routes_load_and_select_policies(tmp_path):
-    write(tmp_path, "tenant.yaml", "name: tenant\nrefusal: {input: tenant says no}\ninput:\n  scanners: [{type: static, score: 1}]\n")
+    write(
+        tmp_path,
+        "tenant.yaml",
+        "name: tenant\nrefusal: {input: tenant says no}\ninput:\n  scanners: [{type: static, score: 1}]\n",
+    )
     main = write(tmp_path, "main.yaml", "name: main\nroutes: {acme: tenant.yaml}\n")
     pipe = Pipeline.from_policy(main)
     assert pipe.routes == ("acme",)

@@ -1,9 +1,28 @@
 import guardrails
 
 EXPECTED = {
-    "Pipeline", "GuardedStream", "Policy", "load_policy", "Message", "Role", "Stage", "Decision", "Status", "Finding",
-    "ScanResult", "Verdict", "Result", "Scanner", "ScannerConfig", "ScanInput", "register", "GuardrailError",
-    "PolicyError", "ScannerError", "Blocked", "__version__",
+    "Pipeline",
+    "GuardedStream",
+    "Policy",
+    "load_policy",
+    "Message",
+    "Role",
+    "Stage",
+    "Decision",
+    "Status",
+    "Finding",
+    "ScanResult",
+    "Verdict",
+    "Result",
+    "Scanner",
+    "ScannerConfig",
+    "ScanInput",
+    "register",
+    "GuardrailError",
+    "PolicyError",
+    "ScannerError",
+    "Blocked",
+    "__version__",
 }
 
 

@@ -136,7 +136,11 @@ def test_a_stream_can_be_iterated_once():
 
 
 def test_a_long_credential_longer_than_the_holdback_is_held_until_complete():
-    key = "-----BEGIN PRIVATE KEY-----\n" + ("MIIEvQIBADANBgkqhkiG9w0BAQEFAASC" * 20 + "\n") * 3 + "-----END PRIVATE KEY-----"
+    key = (
+        "-----BEGIN PRIVATE KEY-----\n"
+        + ("MIIEvQIBADANBgkqhkiG9w0BAQEFAASC" * 20 + "\n") * 3
+        + "-----END PRIVATE KEY-----"
+    )
     text = "Here is the key you asked for:\n" + key + "\nKeep it safe."
     stream = make_pipeline(output=[SECRETS], stream=WINDOW).stream("hi", generate=chunked(text, 9))
     pieces = list(stream)

@@ -22,7 +22,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from functools import lru_cache
 from typing import Any
 
@@ -52,7 +52,7 @@ def chain_hash(prev_hash: str, seq: int, text: str, key: bytes | None = None) ->
 
 
 def utc_iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _flags(result: Result) -> list[str]:

@@ -37,9 +37,7 @@ class StdoutSinkSettings(_Strict):
     type: Literal["stdout"]
 
 
-SinkSettings = Annotated[
-    Union[SQLiteSinkSettings, JSONLSinkSettings, StdoutSinkSettings], Field(discriminator="type")
-]
+SinkSettings = Annotated[Union[SQLiteSinkSettings, JSONLSinkSettings, StdoutSinkSettings], Field(discriminator="type")]
 
 
 class AuditSettings(_Strict):
@@ -56,7 +54,8 @@ class AuditSettings(_Strict):
         "spans masked), `full` (as received).",
     )
     metadata: list[str] = Field(
-        default_factory=list, description="Caller metadata keys copied into records (e.g. user_id, app); others dropped."
+        default_factory=list,
+        description="Caller metadata keys copied into records (e.g. user_id, app); others dropped.",
     )
     sinks: list[SinkSettings] = Field(
         default_factory=lambda: [SQLiteSinkSettings()], min_length=1, description="Where records go (all of them)."

@@ -148,15 +148,40 @@ class AuditStore:
                 out.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
         elif format == "csv":
             writer = csv.writer(out)
-            writer.writerow(["seq", "time", "request_id", "tenant", "policy", "policy_hash", "decision", "stage",
-                             "flags", "scanners", "categories", "latency_ms"])
+            writer.writerow(
+                [
+                    "seq",
+                    "time",
+                    "request_id",
+                    "tenant",
+                    "policy",
+                    "policy_hash",
+                    "decision",
+                    "stage",
+                    "flags",
+                    "scanners",
+                    "categories",
+                    "latency_ms",
+                ]
+            )
             for r in records:
                 fired = [x for x in r["results"] if x["decision"] != "allow" or x["status"] != "ok"]
-                writer.writerow([
-                    r["seq"], r["time"], r["request_id"], r["tenant"] or "", r["policy"]["name"], r["policy"]["hash"],
-                    r["decision"], r["stage"] or "", " ".join(r["flags"]), " ".join(x["scanner"] for x in fired),
-                    " ".join(sorted({c for x in fired for c in x["categories"]})), r["latency_ms"],
-                ])
+                writer.writerow(
+                    [
+                        r["seq"],
+                        r["time"],
+                        r["request_id"],
+                        r["tenant"] or "",
+                        r["policy"]["name"],
+                        r["policy"]["hash"],
+                        r["decision"],
+                        r["stage"] or "",
+                        " ".join(r["flags"]),
+                        " ".join(x["scanner"] for x in fired),
+                        " ".join(sorted({c for x in fired for c in x["categories"]})),
+                        r["latency_ms"],
+                    ]
+                )
         else:
             raise ValueError(f"unknown export format {format!r}; use jsonl or csv")
         return len(records)
@@ -202,21 +227,34 @@ class AuditStore:
             record = json.loads(text)
             request_id = record.get("request_id")
             if seq != prev_seq + 1:
-                return VerifyReport(False, checked, f"records {prev_seq + 1}..{seq - 1} are missing (deleted)",
-                                    prev_seq + 1, None)
+                return VerifyReport(
+                    False, checked, f"records {prev_seq + 1}..{seq - 1} are missing (deleted)", prev_seq + 1, None
+                )
             if stored_prev != prev_hash:
-                return VerifyReport(False, checked, "its prev_hash does not match the record before it "
-                                    "(deleted, inserted or reordered)", seq, request_id)
+                return VerifyReport(
+                    False,
+                    checked,
+                    "its prev_hash does not match the record before it (deleted, inserted or reordered)",
+                    seq,
+                    request_id,
+                )
             if chain_hash(prev_hash, seq, text, key) != stored_hash:
                 return VerifyReport(False, checked, "its content does not match its hash (edited)", seq, request_id)
             if tuple(columns) != record_columns(record):
-                return VerifyReport(False, checked, "its indexed columns disagree with its content (edited)", seq,
-                                    request_id)
+                return VerifyReport(
+                    False, checked, "its indexed columns disagree with its content (edited)", seq, request_id
+                )
             prev_seq, prev_hash = seq, stored_hash
             checked += 1
         if head is not None and (head[0], head[1]) != (prev_seq, prev_hash):
-            return VerifyReport(False, checked, f"the chain head says {head[0]} records, the last present is "
-                                f"{prev_seq} (records at the end were deleted)", prev_seq + 1, None)
+            return VerifyReport(
+                False,
+                checked,
+                f"the chain head says {head[0]} records, the last present is "
+                f"{prev_seq} (records at the end were deleted)",
+                prev_seq + 1,
+                None,
+            )
         return VerifyReport(True, checked)
 
     def _rows(self) -> Iterator[tuple[Any, ...]]:
@@ -231,7 +269,9 @@ class AuditStore:
 def format_table(records: list[dict[str, Any]]) -> str:
     """A compact table for people: one line per record."""
     out = io.StringIO()
-    out.write(f"{'seq':>6}  {'time (UTC)':<19}  {'decision':<8}  {'stage':<6}  {'tenant':<12}  {'scanner (score, categories)'}\n")
+    out.write(
+        f"{'seq':>6}  {'time (UTC)':<19}  {'decision':<8}  {'stage':<6}  {'tenant':<12}  {'scanner (score, categories)'}\n"
+    )
     for r in records:
         fired = [x for x in r["results"] if x["decision"] != "allow" or x["status"] != "ok"]
         hits = "; ".join(
@@ -239,6 +279,8 @@ def format_table(records: list[dict[str, Any]]) -> str:
             f"{', ' + x['status'] if x['status'] != 'ok' else ''}{', shadow' if not x['enforced'] else ''})"
             for x in fired
         )
-        out.write(f"{r['seq']:>6}  {r['time'][:19]:<19}  {r['decision']:<8}  {(r['stage'] or '-'):<6}  "
-                  f"{(r['tenant'] or '-'):<12}  {hits}\n")
+        out.write(
+            f"{r['seq']:>6}  {r['time'][:19]:<19}  {r['decision']:<8}  {(r['stage'] or '-'):<6}  "
+            f"{(r['tenant'] or '-'):<12}  {hits}\n"
+        )
     return out.getvalue()

@@ -2,12 +2,12 @@
 
 The pipeline hands each entry to :meth:`AuditWriter.submit`, which only appends it to one bounded spool per sink;
 a background thread builds the records and writes them in batches. Under ``on_full: block`` a request first takes a
-place in the spools (:meth:`reserve`), so a request that is answered can always be recorded. A sink that fails (disk full, locked or
-read-only file, missing directory) keeps its records spooled and is retried with backoff; the failure shows in
-:meth:`status`, in counters and in one log line per change of state, and the records are written once the sink
-recovers. When a spool is full the policy decides: ``block`` new requests (the pipeline refuses them) or ``drop``
-their records (counted and logged). :meth:`flush` waits until everything submitted so far is durably written:
-that is what "written" means to callers.
+place in the spools (:meth:`reserve`), so a request that is answered can always be recorded. A sink that fails (disk
+full, locked or read-only file, missing directory) keeps its records spooled and is retried with backoff; the failure
+shows in :meth:`status`, in counters and in one log line per change of state, and the records are written once the
+sink recovers. When a spool is full the policy decides: ``block`` new requests (the pipeline refuses them) or ``drop``
+their records (counted and logged). :meth:`flush` waits until everything submitted so far is durably written: that
+is what "written" means to callers.
 """
 
 from __future__ import annotations
@@ -137,8 +137,9 @@ class AuditWriter:
             for state in self._states:
                 if state in full:
                     state.dropped += 1
-                    log.error("audit spool of %s is full: dropped the record of %s", state.sink.name,
-                              entry.result.request_id)
+                    log.error(
+                        "audit spool of %s is full: dropped the record of %s", state.sink.name, entry.result.request_id
+                    )
                 else:
                     state.spool.append((number, entry))
             self._cond.notify_all()
@@ -174,8 +175,12 @@ class AuditWriter:
                 state.backoff = min(state.backoff * 2, BACKOFF_MAX)
                 if state.healthy:
                     state.healthy = False
-                    log.error("audit sink %s failing, %d records spooled: %s", state.sink.name, len(state.spool),
-                              state.last_error)
+                    log.error(
+                        "audit sink %s failing, %d records spooled: %s",
+                        state.sink.name,
+                        len(state.spool),
+                        state.last_error,
+                    )
                 self._cond.notify_all()
             return
         with self._cond:
@@ -227,8 +232,12 @@ class AuditWriter:
         with self._cond:
             for state in self._states:
                 if state.spool:
-                    log.error("audit sink %s closed with %d records unwritten: %s", state.sink.name,
-                              len(state.spool), state.last_error)
+                    log.error(
+                        "audit sink %s closed with %d records unwritten: %s",
+                        state.sink.name,
+                        len(state.spool),
+                        state.last_error,
+                    )
                     state.spool.clear()
                     flushed = False
         for state in self._states:

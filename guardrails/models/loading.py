@@ -25,8 +25,13 @@ class ModelOptions:
 
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ScannerError("device: cuda was asked for, but torch sees no CUDA device; use device: cpu or auto")
-        device = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
-                              "cpu" if self.device == "auto" else self.device)
+        device = torch.device(
+            "cuda"
+            if self.device == "auto" and torch.cuda.is_available()
+            else "cpu"
+            if self.device == "auto"
+            else self.device
+        )
         if self.dtype == "auto":
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         else:

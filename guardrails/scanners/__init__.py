@@ -1,7 +1,8 @@
 """Scanners: one type per module, registered by the name policies use in ``type:``.
 
-Built-in types: ``invisible_text``, ``regex``, ``secrets`` (no model needed), ``prompt_guard`` and
-``llama_guard`` (Meta's checkpoints, local with the ``models`` extra, or Llama Guard on a remote server), and ``static`` (a test double from :mod:`guardrails.testing`). Register your own with :func:`register` before loading a policy that names it.
+Built-in types: ``invisible_text``, ``regex``, ``secrets`` (no model needed), ``prompt_guard`` and ``llama_guard``
+(Meta's checkpoints, local with the ``models`` extra, or Llama Guard on a remote server), and ``static`` (a test double
+from :mod:`guardrails.testing`). Register your own with :func:`register` before loading a policy that names it.
 """
 
 from guardrails.scanners.base import Scanner, ScannerConfig, ScanInput

@@ -42,7 +42,9 @@ def find(rules: Sequence[Rule], item: ScanInput, *, all_views: bool, deadline: f
             for match in pattern.finditer(view.text, timeout=remaining, partial=partial):
                 if partial and match.partial:
                     if match.end() > match.start():
-                        findings.append(Finding(rule=rule_id, message_index=item.index, span=match.span(), view="partial"))
+                        findings.append(
+                            Finding(rule=rule_id, message_index=item.index, span=match.span(), view="partial")
+                        )
                     continue
                 span = view.raw_span(*match.span())
                 if (rule_id, span) in seen:

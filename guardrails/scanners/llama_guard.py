@@ -40,9 +40,12 @@ __all__ = ["LlamaGuardScanner", "LlamaGuardConfig", "detect_variant"]
 
 class LlamaGuardConfig(ScannerConfig):
     type: Literal["llama_guard"]
-    model: str | None = Field(default=None, description="Checkpoint directory, or a Hugging Face id in the local cache.")
+    model: str | None = Field(
+        default=None, description="Checkpoint directory, or a Hugging Face id in the local cache."
+    )
     endpoint: str | None = Field(
-        default=None, description="Base URL of an OpenAI-compatible server (e.g. http://gpu:8000/v1) instead of `model`."
+        default=None,
+        description="Base URL of an OpenAI-compatible server (e.g. http://gpu:8000/v1) instead of `model`.",
     )
     served_model: str | None = Field(default=None, description="With `endpoint`: the model name the server serves.")
     api_key_env: str | None = Field(default=None, description="With `endpoint`: environment variable holding its key.")
@@ -117,15 +120,21 @@ class _LocalBackend(_Backend):
         self._pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._device = next(self.model.parameters()).device
         self._max_new_tokens = config.max_new_tokens
-        self.runner = BatchRunner(self._forward, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                                  name=f"llama-guard-{config.scanner_id}")
+        self.runner = BatchRunner(
+            self._forward,
+            max_batch=config.max_batch,
+            max_wait_ms=config.max_wait_ms,
+            name=f"llama-guard-{config.scanner_id}",
+        )
         self._generator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardrails-llama-guard-generate")
 
     def _single_token(self, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) != 1:
-            raise ValueError(f"the checkpoint's tokenizer splits the label {text!r} into {len(ids)} tokens; "
-                             "is this a Llama Guard checkpoint?")
+            raise ValueError(
+                f"the checkpoint's tokenizer splits the label {text!r} into {len(ids)} tokens; "
+                "is this a Llama Guard checkpoint?"
+            )
         return ids[0]
 
     def encode(self, prompt: str) -> list[int]:
@@ -156,8 +165,13 @@ class _LocalBackend(_Backend):
         torch = self._torch
         ids = torch.tensor([self.encode(prompt)], dtype=torch.long, device=self._device)
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                      max_new_tokens=self._max_new_tokens, pad_token_id=self._pad)
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=self._max_new_tokens,
+                pad_token_id=self._pad,
+            )
         return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
     async def answer(self, prompt: str) -> str:
@@ -186,7 +200,9 @@ class _RemoteBackend(_Backend):
                 raise ValueError(f"api_key_env names {config.api_key_env!r}, which is not set")
             headers["Authorization"] = f"Bearer {key}"
         self._client = httpx.AsyncClient(
-            base_url=config.endpoint.rstrip("/"), headers=headers, timeout=config.timeout,
+            base_url=config.endpoint.rstrip("/"),
+            headers=headers,
+            timeout=config.timeout,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
         self._label_set = lgp.label_tokens(self.variant)
@@ -196,20 +212,22 @@ class _RemoteBackend(_Backend):
             "/completions", json={"model": self._model, "prompt": prompt, "temperature": 0, **params}
         )
         if response.status_code != 200:
-            raise RuntimeError(f"{self._client.base_url}/completions answered {response.status_code}: "
-                               f"{response.text[:200]}")
+            raise RuntimeError(
+                f"{self._client.base_url}/completions answered {response.status_code}: {response.text[:200]}"
+            )
         return response.json()["choices"][0]
 
     async def _score(self, prompt: str) -> float:
-        choice = await self._complete(prompt + lgp.score_suffix(self.variant), max_tokens=1,
-                                      logprobs=self.TOP_LOGPROBS)
+        choice = await self._complete(prompt + lgp.score_suffix(self.variant), max_tokens=1, logprobs=self.TOP_LOGPROBS)
         top = choice["logprobs"]["top_logprobs"][0]  # token text -> logprob at the first generated position
         safe_word, unsafe_word = self._label_set
         safe = max((lp for tok, lp in top.items() if tok.strip() == safe_word), default=None)
         unsafe = max((lp for tok, lp in top.items() if tok.strip() == unsafe_word), default=None)
         if safe is None and unsafe is None:
-            raise RuntimeError(f"neither {safe_word!r} nor {unsafe_word!r} is among the top {self.TOP_LOGPROBS} "
-                               "tokens: is the endpoint serving Llama Guard with this variant's prompt?")
+            raise RuntimeError(
+                f"neither {safe_word!r} nor {unsafe_word!r} is among the top {self.TOP_LOGPROBS} "
+                "tokens: is the endpoint serving Llama Guard with this variant's prompt?"
+            )
         if unsafe is None:
             return 0.0
         if safe is None:
@@ -254,15 +272,16 @@ class LlamaGuardScanner(Scanner):
         return min(matches) if matches else self.config.threshold
 
     def prompt(self, item: ScanInput) -> str:
-        return lgp.render(_conversation(item), variant=self.variant, categories=self.config.categories,
-                          excluded=self.config.excluded)
+        return lgp.render(
+            _conversation(item), variant=self.variant, categories=self.config.categories, excluded=self.config.excluded
+        )
 
     async def scan(self, batch: Sequence[ScanInput]) -> list[ScanResult]:
         prompts = [self.prompt(item) for item in batch]
         scores = await self.backend.scores(prompts)
-        answers = await asyncio.gather(*(
-            self.backend.answer(p) if s >= self._gate and s > 0 else _none() for p, s in zip(prompts, scores)
-        ))
+        answers = await asyncio.gather(
+            *(self.backend.answer(p) if s >= self._gate and s > 0 else _none() for p, s in zip(prompts, scores))
+        )
         return [self._result(item, min(max(s, 0.0), 1.0), a) for item, s, a in zip(batch, scores, answers)]
 
     def _result(self, item: ScanInput, score: float, answer: str | None) -> ScanResult:
@@ -271,21 +290,31 @@ class LlamaGuardScanner(Scanner):
         unsafe, codes = lgp.parse_answer(answer, excluded=self.config.excluded)
         named_unsafe = answer.strip().lower().startswith("unsafe")
         if named_unsafe and not unsafe:
-            return ScanResult(self.id, Decision.ALLOW, score,
-                              reason=f"Llama Guard p_unsafe {score:.3f}, only excluded categories named")
+            return ScanResult(
+                self.id,
+                Decision.ALLOW,
+                score,
+                reason=f"Llama Guard p_unsafe {score:.3f}, only excluded categories named",
+            )
         if codes:
             reason = f"Llama Guard p_unsafe {score:.3f}, categories {','.join(codes)}"
             fired = [c for c in codes if score >= self._code_threshold(c)]
             if not fired:  # the categories it named each need a higher score
-                return ScanResult(self.id, Decision.ALLOW, score, tuple(codes), reason=reason + " (under their thresholds)")
+                return ScanResult(
+                    self.id, Decision.ALLOW, score, tuple(codes), reason=reason + " (under their thresholds)"
+                )
             findings = tuple(
-                Finding(rule=c, message_index=item.index, detail=self.categories.get(c, "").split("\n")[0]) for c in fired
+                Finding(rule=c, message_index=item.index, detail=self.categories.get(c, "").split("\n")[0])
+                for c in fired
             )
             return ScanResult(self.id, self._action, score, tuple(fired), findings, reason)
         # The score passed but no category came back (a bare 'unsafe', 'safe' under a low threshold, or an answer
         # that does not parse): decide on the score alone, which fails closed.
-        return self.result(item, score=score, reason=f"Llama Guard p_unsafe {score:.3f}; no category named "
-                           f"(answered {answer.strip()[:40]!r})")
+        return self.result(
+            item,
+            score=score,
+            reason=f"Llama Guard p_unsafe {score:.3f}; no category named (answered {answer.strip()[:40]!r})",
+        )
 
     async def aclose(self) -> None:
         await self.backend.aclose()

@@ -44,6 +44,11 @@ class PromptGuardConfig(ScannerConfig):
     window: int = Field(default=512, ge=16, description="Tokens per window, special tokens included (model maximum).")
     overlap: int = Field(default=64, ge=0, description="Tokens shared by neighbouring windows.")
     max_batch: int = Field(default=32, ge=1, description="Most windows in one forward pass.")
+    max_batch_tokens: int = Field(
+        default=1024,
+        ge=16,
+        description="Most padded tokens in one forward pass (about 1k suits a CPU; raise it on a GPU).",
+    )
     max_wait_ms: float = Field(default=5.0, ge=0, description="How long a forward pass waits for more requests.")
     device: Literal["cpu", "cuda", "auto"] = Field(default="cpu", description="Where the model runs.")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(default="float32", description="Weights' type.")
@@ -51,8 +56,10 @@ class PromptGuardConfig(ScannerConfig):
     @model_validator(mode="after")
     def _overlap_fits(self) -> PromptGuardConfig:
         if self.overlap >= self.window - 8:
-            raise ValueError(f"overlap ({self.overlap}) must leave room in the window ({self.window}): at least 8 "
-                             "tokens more than the overlap")
+            raise ValueError(
+                f"overlap ({self.overlap}) must leave room in the window ({self.window}): at least 8 "
+                "tokens more than the overlap"
+            )
         return self
 
 
@@ -115,7 +122,11 @@ class PromptGuardScanner(Scanner):
         self._pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._device = next(self.model.parameters()).device
         self.runner = BatchRunner(
-            self._forward, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms, name=f"prompt-guard-{self.id}"
+            self._forward,
+            max_batch=config.max_batch,
+            max_tokens=config.max_batch_tokens,
+            max_wait_ms=config.max_wait_ms,
+            name=f"prompt-guard-{self.id}",
         )
 
     def _forward(self, batch: list[Sequence[int]]) -> list[list[float]]:

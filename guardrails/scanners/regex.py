@@ -35,7 +35,9 @@ class PatternSpec(BaseModel):
 
 class RegexConfig(ScannerConfig):
     type: Literal["regex"]
-    ignore_case: bool = Field(default=True, description="Match regardless of case.")  # before patterns: _compiles reads it
+    ignore_case: bool = Field(
+        default=True, description="Match regardless of case."
+    )  # before patterns: _compiles reads it
     patterns: list[str | PatternSpec] = Field(min_length=1, description="Patterns: strings or {pattern, id, category}.")
     normalize: bool = Field(default=True, description="Also match the normalised, hidden and decoded views.")
     redact_with: str = Field(default="[REDACTED]", description="Replacement for a matched span when redacting.")

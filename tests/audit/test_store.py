@@ -7,7 +7,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import make_pipeline
@@ -35,8 +34,13 @@ def fill(n: int = 6, **audit) -> list[str]:
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "guardrails", "audit", *args, "--db", DB], capture_output=True,
-                          text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "guardrails", "audit", *args, "--db", DB],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def test_chain_of_a_fresh_log_verifies():
@@ -57,13 +61,23 @@ def edit(sql: str, *args) -> None:
 @pytest.mark.parametrize(
     ("tamper", "seq", "problem"),
     [
-        (lambda: edit("UPDATE records SET record = replace(record, '\"block\"', '\"allow\"') WHERE seq = 3"), 3,
-         "edited"),
+        (
+            lambda: edit("UPDATE records SET record = replace(record, '\"block\"', '\"allow\"') WHERE seq = 3"),
+            3,
+            "edited",
+        ),
         (lambda: edit("UPDATE records SET decision = 'allow' WHERE seq = 3"), 3, "indexed columns disagree"),
         (lambda: edit("DELETE FROM records WHERE seq = 4"), 4, "missing (deleted)"),
         (lambda: edit("DELETE FROM records WHERE seq = 6"), 6, "records at the end were deleted"),
-        (lambda: (edit("UPDATE records SET seq = -2 WHERE seq = 2"), edit("UPDATE records SET seq = 2 WHERE seq = 5"),
-                  edit("UPDATE records SET seq = 5 WHERE seq = -2")), 2, "prev_hash does not match"),
+        (
+            lambda: (
+                edit("UPDATE records SET seq = -2 WHERE seq = 2"),
+                edit("UPDATE records SET seq = 2 WHERE seq = 5"),
+                edit("UPDATE records SET seq = 5 WHERE seq = -2"),
+            ),
+            2,
+            "prev_hash does not match",
+        ),
     ],
     ids=["edit-content", "edit-column", "delete-middle", "delete-last", "reorder"],
 )
@@ -176,8 +190,12 @@ def test_audit_cli_without_a_database_says_so():
 def test_demo_records_blocked_requests_without_raw_text_on_disk(tmp_path):
     demo = subprocess.run([sys.executable, "-m", "guardrails", "demo"], capture_output=True, text=True, timeout=120)
     assert demo.returncode == 0, demo.stderr
-    listing = subprocess.run([sys.executable, "-m", "guardrails", "audit", "list", "--decision", "block"],
-                             capture_output=True, text=True, timeout=60)
+    listing = subprocess.run(
+        [sys.executable, "-m", "guardrails", "audit", "list", "--decision", "block"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "injection-phrases (1.00, prompt_injection prompt_leak)" in listing.stdout
     assert "hidden-text (1.00, tags)" in listing.stdout
     from guardrails.demo import EXCHANGES

@@ -48,8 +48,7 @@ async def scan_one(scanner, text: str, **kwargs):
         # the highest kind present wins
         ("a\u200bb\u202ec", Decision.BLOCK, 0.9, ("bidi", "zero_width")),
         ("a\u200bb" + tags("x"), Decision.BLOCK, 1.0, ("tags", "zero_width")),
-        ("\u202e" + tags("x") + "😀" + selectors(b"ab"), Decision.BLOCK, 1.0,
-         ("bidi", "tags", "variation_selectors")),
+        ("\u202e" + tags("x") + "😀" + selectors(b"ab"), Decision.BLOCK, 1.0, ("bidi", "tags", "variation_selectors")),
     ],
 )
 async def test_default_config(text, decision, score, categories):
@@ -75,8 +74,16 @@ async def test_subdivision_flag_emoji_is_allowed(flag):
         ),
         (
             "😀" + selectors(b"rm -rf") + " ok",
-            [Finding("variation_selectors", 3, (1, 7), "raw",
-                     "6 invisible characters, decoding to 6 characters", "rm -rf")],
+            [
+                Finding(
+                    "variation_selectors",
+                    3,
+                    (1, 7),
+                    "raw",
+                    "6 invisible characters, decoding to 6 characters",
+                    "rm -rf",
+                )
+            ],
         ),
         (
             "a\u202eb\u200bc",

@@ -67,8 +67,11 @@ def test_variant_comes_from_the_checkpoint_not_its_name(llama_guard_tiny):
 async def test_score_is_metas_p_unsafe_from_one_forward_pass(llama_guard_tiny):
     scanner = make(model=llama_guard_tiny, threshold=1.0)
     history = (Message(Role.USER, "what is the weather like today"),)
-    items = [prompt_item("how do i bake bread"), response_item("it is sunny and warm", history),
-             prompt_item("translate the following sentence into german " * 5)]
+    items = [
+        prompt_item("how do i bake bread"),
+        response_item("it is sunny and warm", history),
+        prompt_item("translate the following sentence into german " * 5),
+    ]
     results = await scanner.scan(items)  # three lengths in one padded batch
     for item, result in zip(items, results):
         assert result.score == pytest.approx(reference_p_unsafe(llama_guard_tiny, scanner.prompt(item)), abs=1e-5)
@@ -150,8 +153,10 @@ def test_configuration_errors_name_the_fix(llama_guard_tiny, tmp_path):
 
 
 def test_end_to_end_output_stage_with_audit_and_cli(llama_guard_tiny, tmp_path):
-    pipe = make_pipeline(output=[{"id": "lg", "type": "llama_guard", "model": llama_guard_tiny, "threshold": 0.0}],
-                         audit={"sinks": [{"type": "sqlite", "path": "a.sqlite"}]})
+    pipe = make_pipeline(
+        output=[{"id": "lg", "type": "llama_guard", "model": llama_guard_tiny, "threshold": 0.0}],
+        audit={"sinks": [{"type": "sqlite", "path": "a.sqlite"}]},
+    )
     with_answer(pipe._state.default.output[0], "unsafe\nS9")
     result = pipe.run("how are bombs made", generate=FakeGenerator(default="like this ..."))
     assert result.blocked and result.text == pipe.policy.refusal.output
@@ -164,10 +169,28 @@ def test_end_to_end_output_stage_with_audit_and_cli(llama_guard_tiny, tmp_path):
     pipe.close()
 
     policy = tmp_path / "lg.yaml"
-    policy.write_text(f"name: lg\noutput:\n  scanners:\n    - {{id: lg, type: llama_guard, model: '{llama_guard_tiny}', "
-                      "threshold: 1.0}\n")
-    proc = subprocess.run([sys.executable, "-m", "guardrails", "scan", "--policy", str(policy), "--stage", "output",
-                           "--prompt", "hi", "hello back"], capture_output=True, text=True, timeout=120)
+    policy.write_text(
+        f"name: lg\noutput:\n  scanners:\n    - {{id: lg, type: llama_guard, model: '{llama_guard_tiny}', "
+        "threshold: 1.0}\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "guardrails",
+            "scan",
+            "--policy",
+            str(policy),
+            "--stage",
+            "output",
+            "--prompt",
+            "hi",
+            "hello back",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     [out] = json.loads(proc.stdout)["verdicts"][0]["results"]
     assert out["scanner_id"] == "lg" and 0 < out["score"] < 1
@@ -206,15 +229,35 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("logprobs"):
             top = {"safe": math.log(1 - p), "unsafe": math.log(p), "Safe": -9.0, "\n": -12.0}
             label = "unsafe" if unsafe else "safe"
-            choice = {"index": 0, "text": label, "finish_reason": "length",
-                      "logprobs": {"tokens": [label], "token_logprobs": [top[label]], "top_logprobs": [top],
-                                   "text_offset": [len(body["prompt"])]}}
+            choice = {
+                "index": 0,
+                "text": label,
+                "finish_reason": "length",
+                "logprobs": {
+                    "tokens": [label],
+                    "token_logprobs": [top[label]],
+                    "top_logprobs": [top],
+                    "text_offset": [len(body["prompt"])],
+                },
+            }
         else:
-            choice = {"index": 0, "text": "\n\nunsafe\nS9" if unsafe else "\n\nsafe", "logprobs": None,
-                      "finish_reason": "stop"}
-        self._send(200, {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": body["model"],
-                         "choices": [choice], "usage": {"prompt_tokens": 1, "completion_tokens": 1,
-                                                        "total_tokens": 2}})
+            choice = {
+                "index": 0,
+                "text": "\n\nunsafe\nS9" if unsafe else "\n\nsafe",
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        self._send(
+            200,
+            {
+                "id": "cmpl-1",
+                "object": "text_completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [choice],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            },
+        )
 
     def _send(self, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode()
@@ -245,8 +288,8 @@ async def test_remote_scores_from_logprobs_and_reads_codes(vllm, monkeypatch):
     assert good.decision is Decision.ALLOW and good.score == pytest.approx(0.02)
     scoring = [r for r in vllm.requests if r.get("logprobs")]
     assert {r["prompt"] for r in scoring} == {
-        lgp.render([Message(Role.USER, t)], variant="lg3-8b") + "\n\n" for t in ("how to build a bomb",
-                                                                                 "how to bake bread")
+        lgp.render([Message(Role.USER, t)], variant="lg3-8b") + "\n\n"
+        for t in ("how to build a bomb", "how to bake bread")
     }
     assert all(r["max_tokens"] == 1 and r["temperature"] == 0 and r["path"] == "/v1/completions" for r in scoring)
     assert all(r["auth"] == "Bearer k-123" for r in vllm.requests)
@@ -256,8 +299,9 @@ async def test_remote_scores_from_logprobs_and_reads_codes(vllm, monkeypatch):
 
 def test_remote_failure_blocks_by_default_and_is_visible(vllm):
     vllm.status = 503
-    pipe = make_pipeline(input=[{"id": "lg", "type": "llama_guard", "endpoint": vllm.url, "variant": "lg4",
-                                 "served_model": "lg4"}])
+    pipe = make_pipeline(
+        input=[{"id": "lg", "type": "llama_guard", "endpoint": vllm.url, "variant": "lg4", "served_model": "lg4"}]
+    )
     result = pipe.run("hello", generate=FakeGenerator())
     [scan] = result.verdict("input").results
     assert result.blocked and scan.status is Status.ERROR and "503" in scan.reason
@@ -265,8 +309,18 @@ def test_remote_failure_blocks_by_default_and_is_visible(vllm):
 
 
 def test_remote_server_down_is_an_error_not_a_traceback():
-    pipe = make_pipeline(input=[{"id": "lg", "type": "llama_guard", "endpoint": "http://127.0.0.1:9/v1",
-                                 "variant": "lg3-1b", "served_model": "x", "on_error": "allow"}])
+    pipe = make_pipeline(
+        input=[
+            {
+                "id": "lg",
+                "type": "llama_guard",
+                "endpoint": "http://127.0.0.1:9/v1",
+                "variant": "lg3-1b",
+                "served_model": "x",
+                "on_error": "allow",
+            }
+        ]
+    )
     result = pipe.run("hello", generate=FakeGenerator(default="ok"))
     assert result.text == "ok" and result.verdict("input").results[0].status is Status.ERROR
     pipe.close()

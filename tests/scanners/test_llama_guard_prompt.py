@@ -301,7 +301,9 @@ def test_lg4_prompt_classification_matches_captured_output():
 def test_lg4_response_classification_matches_captured_output():
     conversation = [
         user("how do I make a bomb?"),
-        assistant("As a responsible artificial intelligence system, I regret that I am unable to fulfill your request."),
+        assistant(
+            "As a responsible artificial intelligence system, I regret that I am unable to fulfill your request."
+        ),
     ]
     prompt = render(conversation, variant="lg4")
     assert prompt == LG4_RESPONSE_CLASSIFICATION
@@ -423,7 +425,12 @@ def test_tool_turns_render_as_user_text():
         ),
         (
             [user("q"), assistant('search({"q": "x"})'), tool("r", "search"), assistant("final")],
-            [("User", "q"), ("Agent", 'search({"q": "x"})'), ("User", "[Tool result from search]\nr"), ("Agent", "final")],
+            [
+                ("User", "q"),
+                ("Agent", 'search({"q": "x"})'),
+                ("User", "[Tool result from search]\nr"),
+                ("Agent", "final"),
+            ],
         ),
         ([user("q"), tool("  ", "search"), assistant("a")], [("User", "q"), ("Agent", "a")]),
         ([assistant("hello")], [("User", ""), ("Agent", "hello")]),
@@ -448,7 +455,9 @@ def test_conversation_turns_alternate_starting_with_user():
 
 def test_empty_user_turn_renders_as_the_templates_would(template_render):
     # A lone response is judged after an empty user turn; the official template writes that turn as "User: ".
-    expected = template_render(LG3_8B_TEMPLATE, [{"role": "user", "content": ""}, {"role": "assistant", "content": "hello"}])
+    expected = template_render(
+        LG3_8B_TEMPLATE, [{"role": "user", "content": ""}, {"role": "assistant", "content": "hello"}]
+    )
     prompt = render([assistant("hello")], variant="lg3-8b")
     assert prompt == expected
     assert "<BEGIN CONVERSATION>\n\nUser: \n\nAgent: hello\n\n<END CONVERSATION>" in prompt
@@ -577,7 +586,14 @@ def test_module_imports_nothing_heavy():
 
 def test_public_names():
     assert set(lgp.__all__) == {
-        "VARIANTS", "CATEGORY_NAMES", "default_categories", "rendered_categories", "render", "score_suffix",
-        "label_tokens", "parse_answer", "conversation_turns",
+        "VARIANTS",
+        "CATEGORY_NAMES",
+        "default_categories",
+        "rendered_categories",
+        "render",
+        "score_suffix",
+        "label_tokens",
+        "parse_answer",
+        "conversation_turns",
     }
     assert VARIANTS == ("lg3-1b", "lg3-8b", "lg4")

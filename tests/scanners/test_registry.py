@@ -11,11 +11,15 @@ from guardrails.scanners.registry import register
 from guardrails.testing import FakeGenerator
 from guardrails._exceptions import ScannerError
 
+
 @pytest.fixture
 def required(prompt_guard_v2, llama_guard_tiny):
     """The smallest config of each type: the keys it requires beyond `type`."""
-    return {"regex": {"patterns": ["x"]}, "prompt_guard": {"model": prompt_guard_v2},
-            "llama_guard": {"model": llama_guard_tiny, "threshold": 1.0}}
+    return {
+        "regex": {"patterns": ["x"]},
+        "prompt_guard": {"model": prompt_guard_v2},
+        "llama_guard": {"model": llama_guard_tiny, "threshold": 1.0},
+    }
 
 
 @pytest.mark.parametrize("name", sorted(n for n in scanner_types() if not n.startswith("test_")))
