@@ -43,3 +43,16 @@ def test_reference_covers_every_scanner_type_and_common_key():
         assert key in ref
     for name in ("invisible_text", "regex", "secrets", "static"):
         assert f"type: {name}" in ref
+
+
+def test_every_yaml_example_in_the_readme_is_a_valid_policy(tmp_path):
+    import re
+
+    from guardrails.policy import load_policy
+
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"example{i}.yaml"
+        path.write_text(block)
+        assert load_policy(path).name
