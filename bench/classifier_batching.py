@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import random
 import statistics
 import sys
@@ -118,6 +119,31 @@ def batched(scanner, texts: list[list[str]]) -> tuple[float, list[float]]:
     return len(latencies) / (time.perf_counter() - start), latencies
 
 
+def run_profile(scanner, lengths: str, levels: list[int], requests_per_client: int) -> None:
+    span = LENGTHS[lengths]
+    batched(scanner, [prompts(4, span, seed=99)])  # warm up this length range
+    before = dataclasses.replace(scanner.runner.stats)
+    print(f"\n{lengths} prompts ({span[0]}-{span[1]} words)")
+    print(f"{'clients':>7} {'':>9} {'req/s':>8} {'p50 ms':>9} {'p99 ms':>9}")
+    for level in levels:
+        per_client = requests_per_client or max(2, 64 // level)
+        texts = prompts(level * per_client, span, seed=level)
+        split = [texts[i * per_client : (i + 1) * per_client] for i in range(level)]
+        b_tput, b_lat = baseline(scanner, split)
+        m_tput, m_lat = batched(scanner, split)
+        b50, b99 = percentile(b_lat, 50) * 1000, percentile(b_lat, 99) * 1000
+        m50, m99 = percentile(m_lat, 50) * 1000, percentile(m_lat, 99) * 1000
+        print(f"{level:>7} {'baseline':>9} {b_tput:8.2f} {b50:9.1f} {b99:9.1f}")
+        print(
+            f"{level:>7} {'batched':>9} {m_tput:8.2f} {m50:9.1f} {m99:9.1f}   throughput x{m_tput / b_tput:.2f}, "
+            f"p99 / baseline p50 = {m99 / b50:.2f}"
+        )
+    stats = scanner.runner.stats
+    passes, seqs = stats.batches - before.batches, stats.sequences - before.sequences
+    padding = (stats.padded_tokens - before.padded_tokens) / max(stats.real_tokens - before.real_tokens, 1) - 1
+    print(f"runtime: {passes} forward passes, mean batch {seqs / max(passes, 1):.1f}, padding {padding:.0%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests-per-client", type=int, default=0, help="default: enough for ~64 requests a level")
@@ -125,49 +151,20 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-batch-tokens", type=int, default=1024)
-    parser.add_argument("--lengths", default="mixed", choices=sorted(LENGTHS), help="prompt lengths (default: mixed)")
+    parser.add_argument("--lengths", default="short,mixed", help=f"comma-separated, of {', '.join(LENGTHS)}")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         print("building a random Prompt-Guard-86M-shaped checkpoint ...", flush=True)
         path = build_checkpoint(Path(tmp) / "pg86m")
         cls = scanner_class("prompt_guard")
-        scanner = cls(
-            cls.config_model(
-                type="prompt_guard",
-                model=str(path),
-                dtype=args.dtype,
-                max_batch=args.max_batch,
-                max_batch_tokens=args.max_batch_tokens,
-                max_wait_ms=5,
-            )
-        )
-        warm = prompts(4, LENGTHS[args.lengths], seed=99)
-        baseline(scanner, [warm])
-        batched(scanner, [warm])
-        print(
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}, "
-            f"max_batch {args.max_batch}, max_batch_tokens {args.max_batch_tokens}, {args.lengths} prompts ({LENGTHS[args.lengths][0]}-"
-            f"{LENGTHS[args.lengths][1]} words)"
-        )
-        print(f"{'clients':>7} {'':>9} {'req/s':>8} {'p50 ms':>9} {'p99 ms':>9}")
-        for level in [int(x) for x in args.levels.split(",")]:
-            per_client = args.requests_per_client or max(2, 64 // level)
-            texts = prompts(level * per_client, LENGTHS[args.lengths], seed=level)
-            split = [texts[i * per_client : (i + 1) * per_client] for i in range(level)]
-            b_tput, b_lat = baseline(scanner, split)
-            m_tput, m_lat = batched(scanner, split)
-            b50, b99 = percentile(b_lat, 50) * 1000, percentile(b_lat, 99) * 1000
-            m50, m99 = percentile(m_lat, 50) * 1000, percentile(m_lat, 99) * 1000
-            print(f"{level:>7} {'baseline':>9} {b_tput:8.2f} {b50:9.1f} {b99:9.1f}")
-            print(
-                f"{level:>7} {'batched':>9} {m_tput:8.2f} {m50:9.1f} {m99:9.1f}   throughput x{m_tput / b_tput:.2f}, "
-                f"p99 / baseline p50 = {m99 / b50:.2f}"
-            )
-        stats = scanner.runner.stats
-        print(
-            f"runtime: {stats.batches} forward passes, mean batch {stats.mean_batch:.1f}, padding "
-            f"{stats.padded_tokens / max(stats.real_tokens, 1) - 1:.0%} over real tokens"
-        )
+        config = cls.config_model(type="prompt_guard", model=str(path), dtype=args.dtype, max_batch=args.max_batch,
+                                  max_batch_tokens=args.max_batch_tokens, max_wait_ms=5)
+        scanner = cls(config)
+        baseline(scanner, [prompts(4, LENGTHS["short"], seed=99)])
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}, max_batch "
+              f"{args.max_batch}, max_batch_tokens {args.max_batch_tokens}")
+        for lengths in args.lengths.split(","):
+            run_profile(scanner, lengths, [int(x) for x in args.levels.split(",")], args.requests_per_client)
         scanner.runner.close()
 
 
