@@ -157,12 +157,20 @@ def main() -> None:
         print("building a random Prompt-Guard-86M-shaped checkpoint ...", flush=True)
         path = build_checkpoint(Path(tmp) / "pg86m")
         cls = scanner_class("prompt_guard")
-        config = cls.config_model(type="prompt_guard", model=str(path), dtype=args.dtype, max_batch=args.max_batch,
-                                  max_batch_tokens=args.max_batch_tokens, max_wait_ms=5)
+        config = cls.config_model(
+            type="prompt_guard",
+            model=str(path),
+            dtype=args.dtype,
+            max_batch=args.max_batch,
+            max_batch_tokens=args.max_batch_tokens,
+            max_wait_ms=5,
+        )
         scanner = cls(config)
         baseline(scanner, [prompts(4, LENGTHS["short"], seed=99)])
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}, max_batch "
-              f"{args.max_batch}, max_batch_tokens {args.max_batch_tokens}")
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}, max_batch "
+            f"{args.max_batch}, max_batch_tokens {args.max_batch_tokens}"
+        )
         for lengths in args.lengths.split(","):
             run_profile(scanner, lengths, [int(x) for x in args.levels.split(",")], args.requests_per_client)
         scanner.runner.close()

@@ -10,7 +10,7 @@ result.text, result.blocked, result.decision, result.verdicts, result.request_id
 from guardrails._exceptions import Blocked, GuardrailError, PolicyError, ScannerError
 from guardrails.pipeline import GuardedStream, Pipeline
 from guardrails.policy import Policy, load_policy
-from guardrails.scanners import Scanner, ScannerConfig, ScanInput, register
+from guardrails.scanners import ScanInput, Scanner, ScannerConfig, register
 from guardrails.types import Decision, Finding, Message, Result, Role, ScanResult, Stage, Status, Verdict
 
 __version__ = "0.1.0"

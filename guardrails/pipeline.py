@@ -29,7 +29,7 @@ from guardrails.aggregate import decide, merge_results
 from guardrails.audit import AuditSettings, AuditWriter, Entry, should_record
 from guardrails.policy import Policy, load_policy, load_routes
 from guardrails.redaction import Span, redact
-from guardrails.scanners.base import Scanner, ScanInput
+from guardrails.scanners.base import ScanInput, Scanner
 from guardrails.scanners.registry import scanner_class
 from guardrails.streaming import OutputHook, WindowedModeration
 from guardrails.types import (

@@ -131,7 +131,8 @@ class _PolicyBase(_Strict):
 @lru_cache(maxsize=8)
 def _models(types: tuple[str, ...]) -> type[_PolicyBase]:
     configs = tuple(registry.scanner_class(t).config_model for t in types)
-    scanner_union: Any = Annotated[Union[configs], Field(discriminator="type")] if len(configs) > 1 else configs[0]
+    # Union[...] of a runtime tuple has no `|` spelling.
+    scanner_union: Any = Annotated[Union[configs], Field(discriminator="type")] if len(configs) > 1 else configs[0]  # noqa: UP007
     scanners_field = (list[scanner_union], Field(default_factory=list, description="Scanners of this stage."))
     stage = create_model("StageSettings", __base__=_StageBase, scanners=scanners_field)
     output = create_model(
@@ -279,7 +280,7 @@ def _merge(parent: Any, child: Any, path: tuple[str, ...] = ()) -> Any:
     if path in _SCANNER_LISTS and isinstance(parent, _MList) and isinstance(child, _MList):
         merged_list = _MList(parent, marks=list(parent.marks), here=child.here)
         index = {_scanner_key(entry): i for i, entry in enumerate(parent) if _scanner_key(entry)}
-        for entry, mark in zip(child, child.marks):
+        for entry, mark in zip(child, child.marks, strict=True):
             i = index.get(_scanner_key(entry))
             same_type = i is not None and (
                 not isinstance(entry, Mapping) or "type" not in entry or entry.get("type") == parent[i].get("type")

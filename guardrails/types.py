@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Union
+from typing import Any
 
 __all__ = [
     "Role",
@@ -127,7 +127,7 @@ class Message:
         return out
 
 
-MessagesLike = Union[str, Message, Mapping[str, Any], Sequence[Union[Message, Mapping[str, Any]]]]
+MessagesLike = str | Message | Mapping[str, Any] | Sequence[Message | Mapping[str, Any]]
 
 
 def to_messages(value: MessagesLike) -> tuple[Message, ...]:

@@ -71,12 +71,12 @@ def build_llama_guard(path: Path, *, seed: int = 0) -> Path:
     """A tiny Llama causal LM with a Llama-3-style tokenizer (byte-level BPE trained offline on rendered Llama Guard
     prompts, with Llama 3's special tokens and single tokens for the labels) and Meta's LG3-1B chat template."""
     import torch
+    from lg_templates import LG3_1B_TEMPLATE
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from guardrails.scanners import llama_guard_prompt as lgp
     from guardrails.types import Message, Role
-    from lg_templates import LG3_1B_TEMPLATE
 
     corpus = [
         lgp.render([Message(Role.USER, line), Message(Role.ASSISTANT, line[::-1])], variant=variant)

@@ -5,7 +5,7 @@ import hashlib
 import uuid
 
 import pytest
-from smuggle import tags, selectors, b64
+from smuggle import b64, selectors, tags
 
 from guardrails.normalize import MAX_DECODED_CHARS, MAX_DEPTH, HiddenRun, View, hidden_runs, skeleton, views
 

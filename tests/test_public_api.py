@@ -39,3 +39,15 @@ def test_exception_tree():
     doc = guardrails._exceptions.__doc__
     for name in ("GuardrailError", "PolicyError", "ScannerError", "Blocked"):
         assert name in doc
+
+
+def test_importing_the_core_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, guardrails; from guardrails.policy import load_policy; load_policy('default'); "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False False", out.stderr

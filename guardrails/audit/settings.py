@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,7 +37,7 @@ class StdoutSinkSettings(_Strict):
     type: Literal["stdout"]
 
 
-SinkSettings = Annotated[Union[SQLiteSinkSettings, JSONLSinkSettings, StdoutSinkSettings], Field(discriminator="type")]
+SinkSettings = Annotated[SQLiteSinkSettings | JSONLSinkSettings | StdoutSinkSettings, Field(discriminator="type")]
 
 
 class AuditSettings(_Strict):

@@ -4,7 +4,7 @@ Importing this package needs the ``models`` extra (torch, transformers); the cor
 """
 
 from guardrails.models.loading import ModelOptions, load_causal_lm, load_sequence_classifier, resolve_checkpoint
-from guardrails.models.runtime import BatchRunner, BatchStats
+from guardrails.models.runtime import BatchRunner, BatchStats, pad_right
 
 __all__ = [
     "BatchRunner",
@@ -12,5 +12,6 @@ __all__ = [
     "ModelOptions",
     "load_causal_lm",
     "load_sequence_classifier",
+    "pad_right",
     "resolve_checkpoint",
 ]

@@ -60,29 +60,24 @@ def resolve_checkpoint(ref: str) -> Path:
     )
 
 
-def load_sequence_classifier(ref: str, options: ModelOptions) -> tuple[Any, Any]:
-    """(tokenizer, model) for a sequence-classification checkpoint, in eval mode on the chosen device and dtype."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _load(ref: str, options: ModelOptions, auto_class: str, kind: str) -> tuple[Any, Any]:
+    import transformers
 
     path = resolve_checkpoint(ref)
     device, dtype = options.resolve()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True, dtype=dtype)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = getattr(transformers, auto_class).from_pretrained(path, local_files_only=True, dtype=dtype)
     except Exception as exc:
-        raise ScannerError(f"model {ref!r} at {path} could not be loaded as a classifier: {exc}") from exc
+        raise ScannerError(f"model {ref!r} at {path} could not be loaded as a {kind}: {exc}") from exc
     return tokenizer, model.to(device).eval()
+
+
+def load_sequence_classifier(ref: str, options: ModelOptions) -> tuple[Any, Any]:
+    """(tokenizer, model) for a sequence-classification checkpoint, in eval mode on the chosen device and dtype."""
+    return _load(ref, options, "AutoModelForSequenceClassification", "classifier")
 
 
 def load_causal_lm(ref: str, options: ModelOptions) -> tuple[Any, Any]:
     """(tokenizer, model) for a causal language model checkpoint, in eval mode on the chosen device and dtype."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_checkpoint(ref)
-    device, dtype = options.resolve()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
-    except Exception as exc:
-        raise ScannerError(f"model {ref!r} at {path} could not be loaded as a causal LM: {exc}") from exc
-    return tokenizer, model.to(device).eval()
+    return _load(ref, options, "AutoModelForCausalLM", "causal LM")

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-__all__ = ["BatchRunner", "BatchStats"]
+__all__ = ["BatchRunner", "BatchStats", "pad_right"]
 
 log = logging.getLogger("guardrails.models")
 
@@ -160,7 +160,7 @@ class BatchRunner(Generic[T]):
                 end += 1
             chunk = order[start:end]
             batch = [sequences[i] for i in chunk]
-            for i, out in zip(chunk, self._forward(batch)):
+            for i, out in zip(chunk, self._forward(batch), strict=True):
                 results[i] = out
             stats = self.stats
             stats.batches += 1
@@ -170,3 +170,16 @@ class BatchRunner(Generic[T]):
             stats.sizes = (stats.sizes + [len(batch)])[-1000:]
             start = end
         return results
+
+
+def pad_right(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) as (batch, longest) long tensors, each sequence left-aligned and padded right."""
+    import torch
+
+    longest = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    return input_ids, mask

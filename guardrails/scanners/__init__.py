@@ -5,7 +5,7 @@ Built-in types: ``invisible_text``, ``regex``, ``secrets`` (no model needed), ``
 from :mod:`guardrails.testing`). Register your own with :func:`register` before loading a policy that names it.
 """
 
-from guardrails.scanners.base import Scanner, ScannerConfig, ScanInput
+from guardrails.scanners.base import ScanInput, Scanner, ScannerConfig
 from guardrails.scanners.registry import register, scanner_class, scanner_types
 
 # Built-in types register themselves on import.

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from guardrails.models.runtime import pad_right
 from guardrails.scanners import llama_guard_prompt as lgp
 from guardrails.scanners.base import ScanInput, Scanner, ScannerConfig
 from guardrails.scanners.registry import register
@@ -143,12 +144,7 @@ class _LocalBackend(_Backend):
     def _forward(self, batch: list[Sequence[int]]) -> list[float]:
         """p_unsafe for each prompt (token ids ending with the score suffix), one right-padded forward pass."""
         torch = self._torch
-        longest = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), longest), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
+        input_ids, mask = pad_right(batch, self._pad)
         last = mask.sum(dim=1) - 1  # (batch,) index of each prompt's final token
         with torch.inference_mode():
             logits = self.model(input_ids=input_ids.to(self._device), attention_mask=mask.to(self._device)).logits
@@ -280,9 +276,12 @@ class LlamaGuardScanner(Scanner):
         prompts = [self.prompt(item) for item in batch]
         scores = await self.backend.scores(prompts)
         answers = await asyncio.gather(
-            *(self.backend.answer(p) if s >= self._gate and s > 0 else _none() for p, s in zip(prompts, scores))
+            *(
+                self.backend.answer(p) if s >= self._gate and s > 0 else _none()
+                for p, s in zip(prompts, scores, strict=True)
+            )
         )
-        return [self._result(item, min(max(s, 0.0), 1.0), a) for item, s, a in zip(batch, scores, answers)]
+        return [self._result(item, min(max(s, 0.0), 1.0), a) for item, s, a in zip(batch, scores, answers, strict=True)]
 
     def _result(self, item: ScanInput, score: float, answer: str | None) -> ScanResult:
         if answer is None:  # under every threshold: nothing was generated

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from guardrails.models.runtime import pad_right
 from guardrails.scanners.base import ScanInput, Scanner, ScannerConfig
 from guardrails.scanners.registry import register
 from guardrails.types import Finding, ScanResult
@@ -132,12 +133,7 @@ class PromptGuardScanner(Scanner):
     def _forward(self, batch: list[Sequence[int]]) -> list[list[float]]:
         """Padded forward pass of a batch of token-id windows: one row of probabilities per window."""
         torch = self._torch
-        longest = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), longest), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
+        input_ids, mask = pad_right(batch, self._pad)
         with torch.inference_mode():
             logits = self.model(input_ids=input_ids.to(self._device), attention_mask=mask.to(self._device)).logits
             probs = torch.softmax(logits.float() / self.config.temperature, dim=-1)  # (batch, labels)
@@ -174,7 +170,7 @@ class PromptGuardScanner(Scanner):
         per_item = [self.windows(item.text) for item in batch]
         probs = await self.runner.run([ids for windows in per_item for ids, _ in windows])
         out, at = [], 0
-        for item, windows in zip(batch, per_item):
+        for item, windows in zip(batch, per_item, strict=True):
             scored = [self._score(p, item) for p in probs[at : at + len(windows)]]
             at += len(windows)
             best = max(range(len(scored)), key=lambda i: scored[i][0])

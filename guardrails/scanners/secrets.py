@@ -48,7 +48,8 @@ PATTERNS: dict[str, str] = {
     "azure_storage_key": r"AccountKey=[A-Za-z0-9+/]{86}==",
     "jwt": r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}(?![A-Za-z0-9_-])",
     "url_credentials": r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@]{1,64}:[^\s:/@]{3,128}@[^\s/@]{1,255}",
-    "generic_assignment": r"(?i:(?<![A-Za-z])(?:password|passwd|pwd|secret|api_?key|access_?token|auth_?token|client_?secret))"
+    "generic_assignment": r"(?i:(?<![A-Za-z])"
+    r"(?:password|passwd|pwd|secret|api_?key|access_?token|auth_?token|client_?secret))"
     r"[\"']?\s*[:=]\s*[\"']([^\s\"']{8,})[\"']",
 }
 

@@ -43,7 +43,7 @@ def test_batches_respect_max_batch_and_the_padded_token_budget():
     runner = BatchRunner(echo, max_batch=3, max_tokens=20, max_wait_ms=0)
     seqs = [[1] * n for n in (2, 9, 3, 10, 1, 4)]
     outputs = runner.submit(seqs).result(timeout=5)
-    for (_, size, longest), seq in zip(outputs, seqs):
+    for _, size, longest in outputs:
         assert size <= 3 and size * longest <= 20
     assert [o[0] for o in outputs] == [len(s) for s in seqs]
     # length-sorted: the short sequences were not padded to the long ones

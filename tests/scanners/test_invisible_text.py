@@ -2,7 +2,7 @@
 
 import pytest
 from pydantic import ValidationError
-from smuggle import tags, selectors
+from smuggle import selectors, tags
 
 from guardrails.scanners import ScanInput, scanner_class
 from guardrails.types import Decision, Finding, Role, Stage

@@ -73,7 +73,7 @@ async def test_score_is_metas_p_unsafe_from_one_forward_pass(llama_guard_tiny):
         prompt_item("translate the following sentence into german " * 5),
     ]
     results = await scanner.scan(items)  # three lengths in one padded batch
-    for item, result in zip(items, results):
+    for item, result in zip(items, results, strict=True):
         assert result.score == pytest.approx(reference_p_unsafe(llama_guard_tiny, scanner.prompt(item)), abs=1e-5)
         assert result.decision is Decision.ALLOW
     await scanner.aclose()

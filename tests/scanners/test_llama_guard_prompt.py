@@ -450,7 +450,7 @@ def test_conversation_turns_alternate_starting_with_user():
     messages = [assistant("a"), assistant("b"), tool("t"), user("u"), assistant("c"), tool("t2"), tool("t3")]
     sides = [side for side, _ in conversation_turns(messages)]
     assert sides[0] == "User"
-    assert all(a != b for a, b in zip(sides, sides[1:]))
+    assert all(a != b for a, b in zip(sides, sides[1:], strict=False))
 
 
 def test_empty_user_turn_renders_as_the_templates_would(template_render):

@@ -187,7 +187,7 @@ async def test_concurrent_requests_share_forward_passes(prompt_guard_v2):
     texts = [f"please summarise this document number {i}" for i in range(8)]
     results = await asyncio.gather(*(scan_one(scanner, t) for t in texts))
     assert scanner.runner.stats.mean_batch > 1  # 8 requests, fewer forward passes
-    for text, result in zip(texts, results):
+    for text, result in zip(texts, results, strict=True):
         assert result.score == pytest.approx(reference_probs(prompt_guard_v2, text)[1], abs=1e-5)  # padding-exact
     scanner.runner.close()
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 from pydantic import ValidationError
-from smuggle import tags, selectors, b64
+from smuggle import b64, selectors, tags
 
 from guardrails.scanners import ScanInput, scanner_class
 from guardrails.types import Decision, Finding, Role, Stage

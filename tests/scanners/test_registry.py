@@ -5,11 +5,11 @@ import typing
 import pytest
 
 from guardrails import Pipeline
+from guardrails._exceptions import ScannerError
 from guardrails.policy import policy_from_dict
 from guardrails.scanners import scanner_types
 from guardrails.scanners.registry import register
 from guardrails.testing import FakeGenerator
-from guardrails._exceptions import ScannerError
 
 
 @pytest.fixture
