@@ -25,7 +25,7 @@ bench: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,models]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,models,eval]'
 	touch $(STAMP)
 
 clean:
