@@ -41,8 +41,9 @@ class MiniLMEncoder:
         self.overlap = overlap
         self._cls, self._sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         self._pad = self.tokenizer.pad_token_id
-        self.runner = BatchRunner(self._forward, max_batch=max_batch, max_tokens=4096, max_wait_ms=max_wait_ms,
-                                  name="minilm")
+        self.runner = BatchRunner(
+            self._forward, max_batch=max_batch, max_tokens=4096, max_wait_ms=max_wait_ms, name="minilm"
+        )
 
     def windows(self, text: str) -> list[tuple[list[int], tuple[int, int] | None]]:
         """Token windows covering ``text`` with [CLS]/[SEP], and each window's character span."""

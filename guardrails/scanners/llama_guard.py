@@ -42,7 +42,8 @@ __all__ = ["LlamaGuardScanner", "LlamaGuardConfig", "detect_variant"]
 class LlamaGuardConfig(ScannerConfig):
     type: Literal["llama_guard"]
     model: str | None = Field(
-        default=None, description="Checkpoint directory, or a Hugging Face id in the local cache."
+        default=None,
+        description="Checkpoint directory, a Hugging Face id in the local cache, or `embedded:llama-guard-mini`.",
     )
     endpoint: str | None = Field(
         default=None,
@@ -95,12 +96,15 @@ def detect_variant(tokenizer: Any) -> str:
 
 
 class _Backend:
-    """Scores prompts and reads answers; local (transformers) or remote (an OpenAI-compatible server)."""
+    """Scores prompts and reads answers: local (transformers), remote (an OpenAI-compatible server) or embedded.
 
-    async def scores(self, prompts: list[str]) -> list[float]:
+    ``items`` are the scanned texts, ``prompts`` their rendered Llama Guard prompts; a backend uses what it needs.
+    """
+
+    async def scores(self, items: Sequence[ScanInput], prompts: list[str]) -> list[float]:
         raise NotImplementedError
 
-    async def answer(self, prompt: str) -> str:
+    async def answer(self, item: ScanInput, prompt: str) -> str:
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -153,7 +157,7 @@ class _LocalBackend(_Backend):
             p_unsafe = probs[:, 1] / probs.sum(dim=1).clamp_min(1e-30)
         return p_unsafe.cpu().tolist()
 
-    async def scores(self, prompts: list[str]) -> list[float]:
+    async def scores(self, items: Sequence[ScanInput], prompts: list[str]) -> list[float]:
         suffix = lgp.score_suffix(self.variant)
         return await self.runner.run([self.encode(p + suffix) for p in prompts])
 
@@ -170,7 +174,7 @@ class _LocalBackend(_Backend):
             )
         return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
-    async def answer(self, prompt: str) -> str:
+    async def answer(self, item: ScanInput, prompt: str) -> str:
         return await asyncio.wrap_future(self._generator.submit(self._generate, prompt))
 
     async def aclose(self) -> None:
@@ -230,15 +234,53 @@ class _RemoteBackend(_Backend):
             return 1.0
         return 1.0 / (1.0 + math.exp(safe - unsafe))  # p[u] / (p[s] + p[u])
 
-    async def scores(self, prompts: list[str]) -> list[float]:
+    async def scores(self, items: Sequence[ScanInput], prompts: list[str]) -> list[float]:
         return list(await asyncio.gather(*(self._score(p) for p in prompts)))
 
-    async def answer(self, prompt: str) -> str:
+    async def answer(self, item: ScanInput, prompt: str) -> str:
         choice = await self._complete(prompt, max_tokens=self._max_new_tokens)
         return choice["text"]
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+class _EmbeddedBackend(_Backend):
+    """Our own llama-guard-mini (guardrails.embedded): a MiniLM encoder and a head over labels safe, S1..S14.
+
+    It judges the scanned turn's text (in overlapping windows, the most unsafe one wins), not the rendered prompt,
+    and answers in Llama Guard's format so the scanner's thresholds and exclusions apply unchanged.
+    """
+
+    variant = "lg3-8b"  # its categories are S1-S14, as that variant's
+
+    def __init__(self, config: LlamaGuardConfig) -> None:
+        from guardrails.embedded import load_head, shared_encoder
+        from guardrails.scanners.prompt_guard import embedded_weights
+
+        if config.categories is not None:
+            raise ValueError("the embedded model was trained on S1-S14 and cannot take custom `categories`")
+        self.encoder = shared_encoder()
+        self.head = load_head(embedded_weights(config.model))
+        if self.head.labels[0] != "safe":
+            raise ValueError(f"{config.model} is not a llama-guard-mini head (labels {self.head.labels[:3]}...)")
+
+    async def _most_unsafe(self, texts: list[str]) -> list[Any]:
+        import numpy as np
+
+        out = []
+        for windows in await self.encoder.embed_windows(texts):
+            probs = self.head.probabilities(np.array([v for v, _ in windows]))  # (windows, labels)
+            out.append(probs[int(np.argmin(probs[:, 0]))])  # the window with the lowest p[safe]
+        return out
+
+    async def scores(self, items: Sequence[ScanInput], prompts: list[str]) -> list[float]:
+        return [1.0 - float(p[0]) for p in await self._most_unsafe([item.text for item in items])]
+
+    async def answer(self, item: ScanInput, prompt: str) -> str:
+        [probs] = await self._most_unsafe([item.text])
+        code = self.head.labels[1 + int(probs[1:].argmax())]
+        return f"unsafe\n{code}"
 
 
 def _conversation(item: ScanInput) -> list[Message]:
@@ -254,7 +296,12 @@ class LlamaGuardScanner(Scanner):
     def __init__(self, config: LlamaGuardConfig) -> None:
         super().__init__(config)
         forced = None if config.variant == "auto" else config.variant
-        self.backend: _Backend = _RemoteBackend(config) if config.endpoint else _LocalBackend(config, forced)
+        if config.endpoint:
+            self.backend: _Backend = _RemoteBackend(config)
+        elif config.model.startswith("embedded:"):
+            self.backend = _EmbeddedBackend(config)
+        else:
+            self.backend = _LocalBackend(config, forced)
         self.variant = self.backend.variant
         self.categories = lgp.rendered_categories(self.variant, config.categories, config.excluded)
         self._group_thresholds = [
@@ -274,11 +321,11 @@ class LlamaGuardScanner(Scanner):
 
     async def scan(self, batch: Sequence[ScanInput]) -> list[ScanResult]:
         prompts = [self.prompt(item) for item in batch]
-        scores = await self.backend.scores(prompts)
+        scores = await self.backend.scores(batch, prompts)
         answers = await asyncio.gather(
             *(
-                self.backend.answer(p) if s >= self._gate and s > 0 else _none()
-                for p, s in zip(prompts, scores, strict=True)
+                self.backend.answer(item, p) if s >= self._gate and s > 0 else _none()
+                for item, p, s in zip(batch, prompts, scores, strict=True)
             )
         )
         return [self._result(item, min(max(s, 0.0), 1.0), a) for item, s, a in zip(batch, scores, answers, strict=True)]

@@ -34,7 +34,10 @@ __all__ = ["PromptGuardScanner", "PromptGuardConfig", "whitespace_hotfix"]
 
 class PromptGuardConfig(ScannerConfig):
     type: Literal["prompt_guard"]
-    model: str = Field(description="Checkpoint directory, or a Hugging Face id already in the local cache.")
+    model: str = Field(
+        description="Checkpoint directory, a Hugging Face id already in the local cache, or `embedded:NAME` for our "
+        "own model (embedded:prompt-guard-mini)."
+    )
     threshold: float = Field(default=0.9, ge=0.0, le=1.0, description="Meta's tools block at 0.9.")
     timeout: float = Field(default=10.0, gt=0, le=600, description="Seconds, queueing for the model included.")
     temperature: float = Field(default=1.0, gt=0, description="Logits are divided by this before the softmax.")
@@ -89,6 +92,26 @@ def whitespace_hotfix(text: str, tokenizer: Any) -> str:
         return text
 
 
+EMBEDDED = "embedded:"
+
+
+def embedded_weights(model: str) -> Any:
+    """The head file of ``embedded:<name>`` (shipped in guardrails/embedded/weights) or ``embedded:<path>``."""
+    from pathlib import Path
+
+    from guardrails._exceptions import ScannerError
+    from guardrails.embedded import weights_path
+
+    ref = model[len(EMBEDDED) :]
+    path = Path(ref) if ref.endswith(".safetensors") else weights_path(ref)
+    if not path.is_file():
+        raise ScannerError(
+            f"embedded model {ref!r} not found at {path}; train it with "
+            f"`python -m guardrails.train {ref} --data ../shared/data`"
+        )
+    return path
+
+
 def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     """The ids the tokenizer puts before and after a text ([CLS] and [SEP] for DeBERTa), found by encoding a probe."""
     probe = "hello world"
@@ -107,6 +130,14 @@ class PromptGuardScanner(Scanner):
 
     def __init__(self, config: PromptGuardConfig) -> None:
         super().__init__(config)
+        self._embedded = None
+        if config.model.startswith(EMBEDDED):
+            # Our own model (guardrails.embedded): a MiniLM encoder and a head, scored like v2 (p[1]).
+            from guardrails.embedded import load_head, shared_encoder
+
+            self._embedded = (shared_encoder(), load_head(embedded_weights(config.model)))
+            self.version = 2
+            return
         import torch
 
         from guardrails.models import BatchRunner, ModelOptions, load_sequence_classifier
@@ -166,13 +197,33 @@ class PromptGuardScanner(Scanner):
             kind = "injection" if item.third_party else "jailbreak"
         return (probs[1] + probs[2], "indirect_injection") if kind == "injection" else (probs[2], "jailbreak")
 
-    async def scan(self, batch: Sequence[ScanInput]) -> list[ScanResult]:
-        per_item = [self.windows(item.text) for item in batch]
+    async def _window_probs(self, texts: list[str]) -> list[list[tuple[list[float], tuple[int, int] | None]]]:
+        """For each text, (class probabilities, character span) per window."""
+        if self._embedded is not None:
+            import numpy as np
+
+            encoder, head = self._embedded
+            per_text = await encoder.embed_windows(texts)
+            return [
+                [
+                    (p.tolist(), span)
+                    for p, (_, span) in zip(head.probabilities(np.array([v for v, _ in windows])), windows, strict=True)
+                ]
+                for windows in per_text
+            ]
+        per_item = [self.windows(text) for text in texts]
         probs = await self.runner.run([ids for windows in per_item for ids, _ in windows])
         out, at = [], 0
-        for item, windows in zip(batch, per_item, strict=True):
-            scored = [self._score(p, item) for p in probs[at : at + len(windows)]]
+        for windows in per_item:
+            out.append([(p, span) for p, (_, span) in zip(probs[at : at + len(windows)], windows, strict=True)])
             at += len(windows)
+        return out
+
+    async def scan(self, batch: Sequence[ScanInput]) -> list[ScanResult]:
+        per_item = await self._window_probs([item.text for item in batch])
+        out = []
+        for item, windows in zip(batch, per_item, strict=True):
+            scored = [self._score(p, item) for p, _ in windows]
             best = max(range(len(scored)), key=lambda i: scored[i][0])
             score, category = scored[best]
             score = min(max(score, 0.0), 1.0)
@@ -195,4 +246,5 @@ class PromptGuardScanner(Scanner):
         return out
 
     async def aclose(self) -> None:
-        self.runner.close()
+        if self._embedded is None:
+            self.runner.close()

@@ -95,7 +95,7 @@ def with_answer(scanner, answer: str):
     """Replace only the generated answer (the codes), keeping the real score: the tiny model's text is random."""
     calls = []
 
-    async def answer_fn(prompt: str) -> str:
+    async def answer_fn(item, prompt: str) -> str:
         calls.append(prompt)
         return answer
 

@@ -1,0 +1,35 @@
+"""Heads built by the tests: a known direction in embedding space, so what they should flag is known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from guardrails.embedded import Head, save_head, shared_encoder
+
+LG_LABELS = ("safe", *(f"S{i}" for i in range(1, 15)))
+
+
+def direction(text: str) -> np.ndarray:
+    return np.array(shared_encoder().embed_first_window([text])[0])
+
+
+def attack_head(path: Path, trigger: str, sharpness: float = 20.0) -> Path:
+    """p[attack] = softmax over (0, sharpness * (cos(x, trigger) - 0.5)): near the trigger scores high."""
+    d = direction(trigger)
+    w2 = np.stack([np.zeros_like(d), sharpness * d])
+    save_head(Head("test-attack", ("benign", "attack"), None, None, w2, np.array([0.0, -sharpness * 0.5]), {}), path)
+    return path
+
+
+def hazard_head(path: Path, trigger: str, code: str = "S9", sharpness: float = 20.0) -> Path:
+    """p[code] against p[safe] as in attack_head; every other category is (practically) impossible."""
+    d = direction(trigger)
+    w2 = np.zeros((len(LG_LABELS), d.shape[0]))
+    b2 = np.full(len(LG_LABELS), -100.0)
+    b2[0] = 0.0
+    w2[LG_LABELS.index(code)] = sharpness * d
+    b2[LG_LABELS.index(code)] = -sharpness * 0.5
+    save_head(Head("test-hazard", LG_LABELS, None, None, w2, b2, {}), path)
+    return path
