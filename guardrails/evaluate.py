@@ -60,6 +60,7 @@ class Outcome:
     categories: tuple[str, ...]
     latency_ms: float
     errors: int  # scanners that failed on this row
+    tiers: tuple[str, ...] = ()  # for cascade scanners: the tier that decided
 
     @property
     def flagged(self) -> bool:
@@ -116,7 +117,8 @@ def _outcome(row: Row, result: Result, latency_ms: float) -> Outcome:
         dict.fromkeys(c for r in verdict.results if r.decision is not Decision.ALLOW for c in r.categories)
     )
     errors = sum(1 for r in verdict.results if r.status in (Status.ERROR, Status.TIMEOUT))
-    return Outcome(row, max(scores, default=0.0), verdict.decision, categories, latency_ms, errors)
+    tiers = tuple(f.detail for r in verdict.results for f in r.findings if f.rule == "tier")
+    return Outcome(row, max(scores, default=0.0), verdict.decision, categories, latency_ms, errors, tiers)
 
 
 async def score_rows(pipe: Any, rows: Sequence[Row], *, concurrency: int = 8, progress: bool = False) -> list[Outcome]:
@@ -266,6 +268,14 @@ def report(outcomes: Sequence[Outcome], *, seconds: float) -> dict[str, Any]:
         "latency_ms": {"p50": _percentile(latencies, 50), "p99": _percentile(latencies, 99)},
         "labels": {},
     }
+    tiers = Counter(t for o in outcomes for t in o.tiers)
+    if tiers:
+        total = sum(tiers.values())
+        out["cascade"] = {
+            "first_tier": tiers["first"],
+            "second_tier": tiers["then"],
+            "second_tier_calls_saved": tiers["first"] / total,
+        }
     for label in LABELS:
         groups: dict[str, _Group] = {}
         pooled = _Group("pooled")
@@ -305,6 +315,13 @@ def markdown(data: dict[str, Any]) -> str:
         f"latency p50 {_fmt(data['latency_ms']['p50'])} ms, p99 {_fmt(data['latency_ms']['p99'])} ms",
         "",
     ]
+    if "cascade" in data:
+        c = data["cascade"]
+        lines += [
+            f"cascade: {c['first_tier']} decided by the first tier, {c['second_tier']} deferred to the second "
+            f"({c['second_tier_calls_saved']:.1%} of second-tier calls saved)",
+            "",
+        ]
     columns = [
         "rows",
         "positives",

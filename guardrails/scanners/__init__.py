@@ -10,6 +10,7 @@ from guardrails.scanners.registry import register, scanner_class, scanner_types
 
 # Built-in types register themselves on import.
 from guardrails.scanners import (  # noqa: E402,F401  isort: skip
+    cascade,
     invisible_text,
     llama_guard,
     prompt_guard,

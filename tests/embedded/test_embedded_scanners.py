@@ -5,7 +5,7 @@ import pytest
 from conftest import make_pipeline
 from embedded_heads import attack_head, direction, hazard_head
 
-from guardrails import Decision, ScannerError
+from guardrails import ScannerError
 from guardrails.embedded import load_head, shared_encoder
 from guardrails.testing import FakeGenerator
 

@@ -19,6 +19,7 @@ def required(prompt_guard_v2, llama_guard_tiny):
         "regex": {"patterns": ["x"]},
         "prompt_guard": {"model": prompt_guard_v2},
         "llama_guard": {"model": llama_guard_tiny, "threshold": 1.0},
+        "cascade": {"first": {"type": "static"}, "then": {"type": "static"}},
     }
 
 
