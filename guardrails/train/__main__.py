@@ -1,0 +1,3 @@
+from guardrails.train import main
+
+raise SystemExit(main())

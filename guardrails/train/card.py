@@ -1,0 +1,288 @@
+"""The model card ``guardrails.train`` writes next to each head: data, split, commit, metrics per set, bars, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from guardrails.train import Run
+
+__all__ = ["model_card", "table"]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}" if 0.999 < value < 1.0 else f"{value:.3f}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _bar(name: str, value: float | None, target: str) -> list[Any]:
+    bound = float(target.split()[-1])
+    met = value is not None and (value >= bound if target.startswith(">=") else value <= bound)
+    return [name, value, target, "yes" if met else "**no**"]
+
+
+def bars(run: Run) -> list[list[Any]]:
+    """[bar, measured, target, met] per bar of the brief."""
+    report, pooled = run.report, run.report["pooled"]
+    if run.spec.field == "attack":
+        wildguard = next((s for s in report["per_set"] if s["set"] == "wildguard_benign"), {})
+        return [
+            _bar("TPR at 1% FPR, attack sets vs benign sets (dev, pooled, every language)", pooled["tpr_at_target"],
+                 ">= 0.95"),
+            _bar("the same, English attack rows only", pooled["tpr_at_target_english"], ">= 0.95"),
+            _bar("FPR on wildguard_benign at the recommended threshold", wildguard.get("fpr@recommended"), "<= 0.02"),
+            _bar("TPR at the recommended threshold (English attack rows)", pooled["tpr_at_recommended_english"],
+                 ">= 0.95"),
+        ]  # fmt: skip
+    ailuminate = {k: report[k]["per_set"].get("ailuminate_en_us", {}).get("top1")
+                  for k in ("categories", "categories_at_target")}  # fmt: skip
+    return [
+        _bar("harm recall at 5% pooled benign FPR (dev, every language)", pooled["tpr_at_target"], ">= 0.90"),
+        _bar("the same, English harmful rows only", pooled["tpr_at_target_english"], ">= 0.90"),
+        _bar("harm recall at the recommended threshold (<= 5% FPR on every benign set), English rows",
+             pooled["tpr_at_recommended_english"], ">= 0.90"),
+        _bar("top-1 category accuracy, ailuminate_en_us rows flagged at the recommended threshold",
+             ailuminate["categories"], ">= 0.80"),
+        _bar("the same, rows flagged at the 5%-pooled-FPR threshold", ailuminate["categories_at_target"], ">= 0.80"),
+    ]  # fmt: skip
+
+
+def _per_set(run: Run, target: str) -> str:
+    docs = "documents" in run.report["thresholds"]
+    columns = [("target", f"@{target}"), ("recommended", "@rec")] + ([("documents", "@doc")] if docs else [])
+    headers = ["set", "pos", "neg", "AUC vs benign", "AUC in set"]
+    for _, short in columns:
+        headers += [f"recall {short}", f"recall {short} (en)", f"FPR {short}"]
+    rows = []
+    for s in run.report["per_set"]:
+        row = [s["set"], s["positives"], s["negatives"], s["auc_vs_benign"], s["auc_in_set"]]
+        for key, _ in columns:
+            row += [s[f"recall@{key}"], s[f"recall_en@{key}"], s[f"fpr@{key}"]]
+        rows.append(row)
+    return table(headers, rows)
+
+
+def _languages(report: dict[str, Any]) -> list[str]:
+    keys = ("fpr_by_language", "probe_fpr_by_language", "recall_by_language")
+    langs = sorted(set().union(*(report[k] for k in keys)))
+
+    def cell(key: str, lang: str) -> str:
+        n, rate = report[key].get(lang, (0, None))
+        return f"{rate:.3f} ({n})" if n else "-"
+
+    out = [
+        "FPR on benign dev rows, FPR on the hand-written benign prompts of `guardrails/train/probes.py` (10 per "
+        "language, never trained on), and recall on positive dev rows. (xsafety writes Spanish as `sp`, "
+        "bastioncorpus and the probes as `es`.)",
+        "",
+        table(["language", "benign dev FPR (rows)", "probe FPR (rows)", "recall (rows)"],
+              [[lang, *(cell(k, lang) for k in keys)] for lang in langs]),
+    ]  # fmt: skip
+    if "xsafety_harm_flagged_by_language" in report:
+        out += [
+            "",
+            "Diagnostic: share of xsafety_harm dev rows (harmful requests with `attack` unlabelled, so in neither "
+            "class; the same prompts translated into each language) flagged as attacks. A gap between English and "
+            "the other languages is the language, not the content.",
+            "",
+            table(["language", "flagged (rows)"],
+                  [[lang, f"{rate:.3f} ({n})"] for lang, (n, rate) in
+                   report["xsafety_harm_flagged_by_language"].items()]),
+        ]  # fmt: skip
+    return out
+
+
+def _categories(report: dict[str, Any], target: str) -> list[str]:
+    keys = (("categories", "@rec"), ("categories_at_target", f"@{target}"), ("categories_all_rows", "all rows"))
+    headers = ["set", "rows with a code"]
+    for _, short in keys:
+        headers += [f"flagged {short}", f"top-1 {short}"]
+    rows = []
+    for name, entry in report["categories"]["per_set"].items():
+        row = [name, entry["coded"]]
+        for key, _ in keys:
+            row += [report[key]["per_set"][name]["flagged"], report[key]["per_set"][name]["top1"]]
+        rows.append(row)
+    per_code = report["categories_at_target"]["ailuminate_per_code"]
+    return [
+        "Top-1 S-code accuracy (argmax over the codes) on dev rows that carry an S-code, among the rows flagged at "
+        f"the recommended threshold, at the {target}-pooled-FPR threshold, and over all of them:",
+        "",
+        table(headers, rows),
+        "",
+        f"ailuminate_en_us per code, rows flagged at the {target}-pooled-FPR threshold:",
+        "",
+        table(["code", "flagged", "top-1", "most often confused with"],
+              [[code, c["flagged"], c["top1"], ", ".join(f"{k} ({v})" for k, v in c["confused_with"].items())]
+               for code, c in per_code.items()]),
+    ]  # fmt: skip
+
+
+def _loso(run: Run, target: str) -> list[str]:
+    harm = run.spec.field == "harm"
+    headers = ["left out", "pos", "neg", f"recall @{target}", f"recall @{target} (en)", f"FPR @{target}",
+               "recall @rec", "recall @rec (en)", "FPR @rec"] + (["top-1 @rec"] if harm else [])  # fmt: skip
+    rows = [
+        [s["set"], s["positives"], s["negatives"], s["recall@target"], s["recall_en@target"], s["fpr@target"],
+         s["recall@recommended"], s["recall_en@recommended"], s["fpr@recommended"]] + ([s["top1"]] if harm else [])
+        for s in run.report["loso"]
+    ]  # fmt: skip
+    return [
+        "Trained without set X (its train and dev rows), thresholds set the same way on the remaining dev rows, "
+        "measured on X's rows (those the full model trains on, and its dev rows). This, not the dev split, predicts "
+        "traffic from sources nobody labelled.",
+        "",
+        table(headers, rows),
+    ]
+
+
+def _metrics(run: Run) -> list[str]:
+    report, spec = run.report, run.spec
+    target = f"{spec.fpr_target:.0%}"
+    pooled, thresholds = report["pooled"], report["thresholds"]
+    documents = (
+        f"; documents {thresholds['documents']:.6g} (also at most {spec.hard_fpr:.0%} FPR on the clean rows of "
+        f"{', '.join(spec.documents)}: for retrieved emails, tables and code)"
+        if "documents" in thresholds
+        else ""
+    )
+    out = [
+        "### Pooled (dev)",
+        "",
+        table(
+            ["positives", "negatives", "ROC AUC", f"TPR @{target} FPR", f"TPR @{target} (en)", "TPR @rec",
+             "TPR @rec (en)"],
+            [[pooled["positives"], pooled["negatives"], pooled["auc"], pooled["tpr_at_target"],
+              pooled["tpr_at_target_english"], pooled["tpr_at_recommended"], pooled["tpr_at_recommended_english"]]],
+        ),
+        "",
+        f"Thresholds (flag when score > threshold): at {target} pooled FPR {thresholds['at_target']:.6g}; "
+        f"recommended {thresholds['recommended']:.6g}{documents}. The candidates:",
+        "",
+        table(["calibration on dev rows", "threshold"], sorted(thresholds["candidates"].items())),
+        "",
+        "### Per set (dev)",
+        "",
+        f"Recall on positives (all languages, and English rows where the set has others) and FPR on negatives at the "
+        f"{target}-pooled-FPR threshold, the recommended one"
+        + (" and the documents one" if "documents" in thresholds else "")
+        + "; AUC of the set's positives against every benign dev row, and within the set where it has both classes.",
+        "",
+        _per_set(run, target),
+        "",
+        "### Per language (recommended threshold)",
+        "",
+        *_languages(report),
+    ]  # fmt: skip
+    if "categories" in report:
+        out += ["", "### Categories", "", *_categories(report, target)]
+    if "loso" in report:
+        out += ["", "### Leave one set out", "", *_loso(run, target)]
+    out += [
+        "",
+        "### Near-duplicates",
+        "",
+        "Share of each set's dev rows whose first window lies within cosine 0.95 of a training row's: how much the "
+        "dev split flatters.",
+        "",
+        table(["set", "dev rows with a near-duplicate in training"], list(report["near_duplicates"].items())),
+        "",
+        "Share of each set's positive rows (train and dev) with a near-duplicate among another set's positives: "
+        "where leaving a set out still leaves its twin in training.",
+        "",
+        table(["set", "positives with a near-duplicate in another set"],
+              list(report["cross_set_duplicates"].items())),
+    ]  # fmt: skip
+    return out
+
+
+def model_card(run: Run, metadata: dict[str, str], size: int) -> str:
+    spec, cfg, head = run.spec, run.cfg, run.head
+    params = sum(a.size for a in (head.w1, head.b1, head.w2, head.b2) if a is not None)
+    category = "; the category is the argmax over the S-codes of that window" if spec.field == "harm" else ""
+    lines = [
+        f"# {spec.name}",
+        "",
+        f"Detects {spec.scope}. Labels: {', '.join(spec.labels)}. Score: `1 - p[{spec.labels[0]}]` of the "
+        f"highest-scoring 256-token window of the text{category}. Recommended threshold: flag when the score is "
+        f"above **{run.report['thresholds']['recommended']:.6g}** (thresholds are in the weights' metadata).",
+        "",
+        f"Trained by `python -m guardrails.train {spec.name}` (`guardrails/train.py`).",
+        "",
+        "## Base encoder and head",
+        "",
+        f"- Encoder (frozen): {metadata['encoder']}; 256-token windows with 32 tokens of overlap; a text scores as "
+        f"its highest-scoring window (at most {cfg.max_windows} windows per text, ~1,800 tokens, in training and "
+        "in these metrics).",
+        f"- Head: {head.w2.shape[1] if head.w1 is None else head.w1.shape[1]} -> {cfg.hidden} (ReLU) -> "
+        f"{len(spec.labels)}, {params:,} parameters, {size / 1024:.0f} KiB in `{spec.name}.safetensors` (numpy at "
+        "inference).",
+        f"- Script commit: `{metadata['git_commit']}`.",
+        "",
+        "## Training data",
+        "",
+        f"Sets marked `train: yes` in shared/data/DATA.md, rows with a `{spec.field}` label (prompts only). "
+        f"Training languages: {metadata['languages']}; dev metrics keep every language.",
+        "",
+        table(["set", "labelled rows", "positives", "trained on", "of which positives", "dev rows"],
+              [[n, c["labelled"], c["positives"], c["train"], c["train_positives"], c["dev"]]
+               for n, c in run.counts.items()]),
+        "",
+        f"- Dev split: {metadata['dev_split']}; no dev row is trained on.",
+        f"- Short benign sets (clinc150, banking77, gsm8k): at most {cfg.short_benign_cap} training rows each, "
+        "chosen by the hash of the id.",
+        f"- Hard benign rows (wildguard_benign, the clean rows of bipia_train and bastioncorpus, hatecheck's "
+        f"non-hateful rows): weight x{cfg.hard_weight:g}; then both classes are balanced to equal total weight.",
+        "- Excluded: cyberseceval_insecure_code (evaluation only), benign_code (code; no label for this head), rows "
+        f"without a `{spec.field}` label"
+        + (", and every non-English row from training: in these sets all of them are positives, and a head "
+           "trained on them flags ordinary non-English prompts (measured: see the language tables)"
+           if cfg.languages == "en" else "") + ".",
+    ]  # fmt: skip
+    if spec.field == "harm":
+        lines.append(
+            "- Categories: the S-code of `category` (the part before ':'; ailuminate's `S6:contextual` and "
+            "`S13:contextual` count as S6 and S13; hatecheck's hateful rows are S10). Harmful rows without an S-code "
+            "(xsafety, advbench, donotanswer's `other:*`) train only the harm decision, through -log(1 - p[safe]); "
+            "the S-code term -log p(code | unsafe) is weighted by inverse code frequency. donotanswer's S6 rows "
+            "carry no harm label and are not used. S14 has no training rows: the head never names it."
+        )
+    lines += [
+        f"- Hyperparameters: Adam lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, {cfg.epochs} epochs, batches of "
+        f"{cfg.batch} texts, seed {cfg.seed}; each text's loss falls on its highest-scoring window.",
+        f"- Time on 2 CPU cores: embedding {run.seconds['embed']:.0f} s (near 0 when cached), training "
+        f"{run.seconds['train']:.1f} s, leave-one-set-out {run.seconds.get('loso', 0):.0f} s, whole run "
+        f"{run.seconds['total']:.0f} s.",
+        "",
+        "## Bars",
+        "",
+        table(["bar", "measured", "target", "met"], bars(run)),
+        "",
+        "## Metrics",
+        "",
+        *_metrics(run),
+        "",
+        "## Known limits",
+        "",
+        "- The encoder is English-centric (all-MiniLM-L6-v2) and training was English-only: recall on other "
+        "languages is low (see the language table), and few non-English benign rows exist to measure FPR on.",
+        "- Hard negatives are scarce: benign text that mentions instructions, role play, system prompts or hazards "
+        "is a small share of the benign rows, so the false-positive rate on such traffic is the least certain "
+        "figure here.",
+        "- Mean pooling over a 256-token window dilutes a short instruction inside a long document.",
+        "- Thresholds are chosen and reported on the same dev rows, and many dev rows have near-duplicates in "
+        "training; the leave-one-set-out figures are the honest estimate for unseen sources.",
+        f"- Training and these metrics saw at most the first {cfg.max_windows} windows (~1,800 tokens) of a text; a "
+        "scanner that scores every window can only flag more (recall up, FPR up) on longer texts.",
+    ]
+    return "\n".join(lines) + "\n"
