@@ -52,6 +52,27 @@ def test_limit_per_set(tmp_path):
     assert sorted(r.set for r in rows) == ["s", "s", "t", "t"]
 
 
+POLICY = """name: eval-test
+input:
+  scanners:
+    - {id: injection-phrases, type: regex, patterns: ['ignore (all )?previous instructions']}
+output:
+  scanners:
+    - {id: secrets-out, type: secrets}
+"""
+
+
+def eval_cli(tmp_path, *args):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    return subprocess.run(
+        [sys.executable, "-m", "guardrails", "eval", "--policy", str(policy), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_guardrails_eval_writes_the_table_json_and_plots(tmp_path):
     rows = [
         {
@@ -91,12 +112,7 @@ def test_guardrails_eval_writes_the_table_json_and_plots(tmp_path):
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "guardrails", "eval", "--quiet", "--out", str(out), str(data)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = eval_cli(tmp_path, "--quiet", "--out", out, data)
     assert proc.returncode == 0, proc.stderr
     assert "| **pooled** | 4 | 2 | 2 |" in proc.stdout  # attack: 2 positives, 2 negatives
     report = json.loads((out / "report.json").read_text())
@@ -119,28 +135,7 @@ def test_eval_of_one_scanner_and_of_an_unknown_one(tmp_path):
         + json.dumps({"id": "2", "set": "s", "text": "hello", "attack": 0})
         + "\n"
     )
-    ok = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "guardrails",
-            "eval",
-            "--quiet",
-            "--scanner",
-            "injection-phrases",
-            "--out",
-            str(tmp_path / "o"),
-            str(data),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    ok = eval_cli(tmp_path, "--quiet", "--scanner", "injection-phrases", "--out", tmp_path / "o", data)
     assert ok.returncode == 0 and "| s | 2 | 1 | 1 | 1.000 |" in ok.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "guardrails", "eval", "--scanner", "nope", str(data)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = eval_cli(tmp_path, "--scanner", "nope", data)
     assert bad.returncode == 2 and "no scanner 'nope'" in bad.stderr

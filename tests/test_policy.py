@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from guardrails import Pipeline, PolicyError
+from guardrails import Pipeline, PolicyError, ScannerError
 from guardrails.policy import builtin_policies, load_policy, load_routes, policy_from_dict
 from guardrails.testing import FakeGenerator
 
@@ -193,3 +193,22 @@ def test_policy_from_dict_validates_and_rejects_extends():
     assert policy.input.scanners[0].scanner_id == "static"
     with pytest.raises(PolicyError, match="extends is only followed for policy files"):
         policy_from_dict({"name": "d", "extends": "default"})
+
+
+@pytest.mark.parametrize("name", ["llama", "cascade"])
+def test_policies_naming_metas_checkpoints_validate_and_say_what_is_missing(name):
+    policy = load_policy(name)
+    assert policy.name == name
+    with pytest.raises(ScannerError, match="not found .*hf download meta-llama/"):
+        Pipeline.from_policy(name)
+
+
+def test_default_and_llama_differ_only_in_the_model_lines():
+    default, llama = load_policy("default"), load_policy("llama")
+    for stage in ("input", "output"):
+        ours = {s.scanner_id: s for s in getattr(default, stage).scanners}
+        theirs = {s.scanner_id: s for s in getattr(llama, stage).scanners}
+        assert ours.keys() == theirs.keys()
+        for sid, scanner in theirs.items():
+            changed = {k for k in type(scanner).model_fields if getattr(scanner, k) != getattr(ours[sid], k)}
+            assert changed <= {"model", "threshold", "thresholds"}, (sid, changed)

@@ -2,9 +2,9 @@
 
 ``first`` and ``then`` are scanner configs (any registered type). Every text goes to ``first``; the texts whose
 first-tier score falls in ``defer_between`` (low inclusive, high exclusive) also go to ``then``, whose answer decides
-for them. The result carries the deciding tier's score, categories and findings, plus a finding ``tier`` naming it;
-the cascade's own ``threshold`` and ``action`` turn that score into the decision. ``guardrails eval`` counts how many
-calls the cascade saved.
+for them. Each tier decides with its own threshold and action (their scores need not share a scale); the result
+carries the deciding tier's decision, score, categories and findings, plus a finding ``tier`` naming it.
+``guardrails eval`` counts how many calls the cascade saved.
 
 Typical use: our embedded model first (milliseconds on a CPU), Meta's checkpoint or a remote Llama Guard second.
 """
@@ -79,12 +79,13 @@ class CascadeScanner(Scanner):
             self.decided_by[tier] += 1
             tier_finding = Finding(rule="tier", message_index=item.index, detail=tier)
             out.append(
-                self.result(
-                    item,
-                    score=decider.score,
-                    categories=decider.categories,
-                    findings=[*decider.findings, tier_finding],
-                    reason=f"{tier} tier ({self.tiers[tier].id}): {decider.reason}",
+                ScanResult(
+                    self.id,
+                    decider.decision,
+                    decider.score,
+                    decider.categories,
+                    (*decider.findings, tier_finding),
+                    f"{tier} tier ({self.tiers[tier].id}): {decider.reason}",
                 )
             )
         return out

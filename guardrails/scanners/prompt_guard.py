@@ -137,6 +137,7 @@ class PromptGuardScanner(Scanner):
 
             self._embedded = (shared_encoder(), load_head(embedded_weights(config.model)))
             self.version = 2
+            self._label = config.model
             return
         import torch
 
@@ -148,6 +149,7 @@ class PromptGuardScanner(Scanner):
         if labels not in (2, 3):
             raise ValueError(f"{config.model}: a Prompt Guard checkpoint has 2 (v2) or 3 (v1) labels, not {labels}")
         self.version = 1 if labels == 3 else 2
+        self._label = f"Prompt Guard v{self.version}"
         limit = getattr(self.model.config, "max_position_embeddings", config.window) or config.window
         self.window = min(config.window, limit)
         self._prefix, self._suffix = _special_tokens(self.tokenizer)
@@ -240,7 +242,7 @@ class PromptGuardScanner(Scanner):
                     score=score,
                     findings=[finding] if score >= self.threshold_for(item) else [],
                     categories=[category] if score >= self.threshold_for(item) else [],
-                    reason=f"Prompt Guard v{self.version} {category} {score:.3f} (window {best + 1}/{len(windows)})",
+                    reason=f"{self._label} {category} {score:.3f} (window {best + 1}/{len(windows)})",
                 )
             )
         return out
