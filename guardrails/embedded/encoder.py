@@ -27,9 +27,13 @@ def _model_dir() -> Any:
 
 
 class MiniLMEncoder:
-    """Loads once; ``embed`` is thread-safe and batches concurrent callers through one runner."""
+    """Loads once; ``embed`` is thread-safe and batches concurrent callers through one runner.
 
-    def __init__(self, *, window: int = 256, overlap: int = 32, max_batch: int = 32, max_wait_ms: float = 3.0) -> None:
+    The runner does not wait for company (``max_wait_ms=0``): a lone prompt runs at once (the forward pass is a
+    few milliseconds), and prompts that arrive while a pass runs share the next one.
+    """
+
+    def __init__(self, *, window: int = 256, overlap: int = 32, max_batch: int = 32, max_wait_ms: float = 0.0) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
