@@ -3,8 +3,11 @@ definition), over overlapping windows of at most 256 tokens (the length the enco
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from guardrails._exceptions import ScannerError
@@ -13,6 +16,7 @@ from guardrails.models.runtime import BatchRunner, pad_right
 __all__ = ["MiniLMEncoder", "shared_encoder", "DIM"]
 
 DIM = 384
+RECENT = 2048  # texts whose embeddings are remembered
 
 
 def _model_dir() -> Any:
@@ -48,6 +52,8 @@ class MiniLMEncoder:
         self.runner = BatchRunner(
             self._forward, max_batch=max_batch, max_tokens=4096, max_wait_ms=max_wait_ms, name="minilm"
         )
+        self._recent: OrderedDict[str, Future] = OrderedDict()
+        self._lock = threading.Lock()
 
     def windows(self, text: str) -> list[tuple[list[int], tuple[int, int] | None]]:
         """Token windows covering ``text`` with [CLS]/[SEP], and each window's character span."""
@@ -75,14 +81,49 @@ class MiniLMEncoder:
         return pooled.tolist()
 
     async def embed_windows(self, texts: Sequence[str]) -> list[list[tuple[list[float], tuple[int, int] | None]]]:
-        """For each text, (embedding, character span) per window."""
-        per_text = [self.windows(t) for t in texts]
-        vectors = await self.runner.run([ids for windows in per_text for ids, _ in windows])
-        out, at = [], 0
-        for windows in per_text:
-            out.append([(vectors[at + i], span) for i, (_, span) in enumerate(windows)])
+        """For each text, (embedding, character span) per window.
+
+        Recent texts are remembered, in flight too: the embedded scanners of one request (prompt-guard-mini and
+        llama-guard-mini on the same turn) share one forward pass instead of running two.
+        """
+        futures = self._futures(texts)
+        return [await asyncio.wrap_future(f) for f in futures]
+
+    def _futures(self, texts: Sequence[str]) -> list[Future]:
+        out: list[Future | None] = []
+        missing: dict[str, Future] = {}
+        with self._lock:
+            for text in texts:
+                known = self._recent.get(text)
+                if known is not None:
+                    self._recent.move_to_end(text)
+                elif text not in missing:
+                    missing[text] = Future()
+                out.append(known)
+            for text, future in missing.items():
+                self._recent[text] = future
+            while len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
+        if missing:
+            per_text = [self.windows(t) for t in missing]
+            job = self.runner.submit([ids for windows in per_text for ids, _ in windows])
+            job.add_done_callback(lambda done: self._settle(done, list(missing.items()), per_text))
+        return [f if f is not None else missing[t] for f, t in zip(out, texts, strict=True)]
+
+    def _settle(self, job: Future, pending: list[tuple[str, Future]], per_text: list[list[Any]]) -> None:
+        error = job.exception()
+        if error is not None:
+            with self._lock:  # a failure is not remembered: the next request tries again
+                for text, future in pending:
+                    if self._recent.get(text) is future:
+                        del self._recent[text]
+            for _, future in pending:
+                future.set_exception(error)
+            return
+        vectors, at = job.result(), 0
+        for (_, future), windows in zip(pending, per_text, strict=True):
+            future.set_result([(vectors[at + i], span) for i, (_, span) in enumerate(windows)])
             at += len(windows)
-        return out
 
     def embed_first_window(self, texts: Sequence[str]) -> list[list[float]]:
         """One embedding per text from its first window (training and offline use), batched, synchronously."""

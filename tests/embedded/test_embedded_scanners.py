@@ -99,3 +99,23 @@ def test_both_embedded_models_share_one_encoder(tmp_path):
     )
     pg_scanner, lg_scanner = pipe._state.default.input
     assert pg_scanner._embedded[0] is lg_scanner.backend.encoder
+
+
+def test_both_embedded_scanners_of_a_request_share_one_forward_pass(tmp_path):
+    pg = attack_head(tmp_path / "pg.safetensors", TRIGGER)
+    lg = hazard_head(tmp_path / "lg.safetensors", "bomb")
+    pipe = make_pipeline(
+        input=[
+            {"id": "pg", "type": "prompt_guard", "model": f"embedded:{pg}"},
+            {"id": "lg", "type": "llama_guard", "model": f"embedded:{lg}"},
+        ]
+    )
+    runner = shared_encoder().runner
+    before = runner.stats.sequences
+    text = "a sentence this test has never sent before: 7f3a9"
+    result = pipe.run(text, generate=FakeGenerator())
+    assert runner.stats.sequences - before == 1  # one window embedded once, used by both scanners
+    assert [r.status.value for r in result.verdict("input").results] == ["ok", "ok"]
+    again = pipe.run(text, generate=FakeGenerator())
+    assert runner.stats.sequences - before == 1  # remembered
+    assert again.verdict("input").results[0].score == result.verdict("input").results[0].score
