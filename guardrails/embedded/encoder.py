@@ -57,7 +57,7 @@ class MiniLMEncoder:
 
     def windows(self, text: str) -> list[tuple[list[int], tuple[int, int] | None]]:
         """Token windows covering ``text`` with [CLS]/[SEP], and each window's character span."""
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
         size = self.window - 2
         step = size - self.overlap

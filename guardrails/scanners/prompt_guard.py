@@ -78,7 +78,9 @@ def whitespace_hotfix(text: str, tokenizer: Any) -> str:
     try:
         positions = [i for i, ch in enumerate(text) if not ch.isspace()]
         cleaned = "".join(text[i] for i in positions)
-        offsets = tokenizer(cleaned, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        offsets = tokenizer(cleaned, add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
+            "offset_mapping"
+        ]
         out: list[str] = []
         for start, end in offsets:
             if end <= start:
@@ -176,7 +178,9 @@ class PromptGuardScanner(Scanner):
         """Token windows covering ``text``: (input ids with special tokens, character span in ``text`` or None)."""
         if self.version == 1:
             text = whitespace_hotfix(text, self.tokenizer)
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=self.version == 2)
+        encoded = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=self.version == 2, verbose=False
+        )
         ids: list[int] = encoded["input_ids"]
         offsets = encoded.get("offset_mapping") if self.version == 2 else None
         size = self.window - len(self._prefix) - len(self._suffix)
