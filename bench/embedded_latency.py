@@ -42,7 +42,14 @@ def main() -> None:
             )
     rng = random.Random(0)
     words = " ".join(CORPUS).split()
-    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 30))) for _ in range(args.requests)]
+
+    def fresh_texts() -> list[str]:
+        """New prompts for each measurement: the encoder remembers texts it has seen, which would flatter a rerun."""
+        return [
+            " ".join(rng.choice(words) for _ in range(rng.randint(4, 30))) + f" #{rng.random():.12f}"
+            for _ in range(args.requests)
+        ]
+
     encoder = shared_encoder()
     scanners = {
         "prompt-guard-mini": scanner_class("prompt_guard").config_model(
@@ -64,14 +71,14 @@ def main() -> None:
 
     def timed(fn) -> list[float]:
         out = []
-        for text in texts:
+        for text in fresh_texts():
             start = time.perf_counter()
             fn(text)
             out.append((time.perf_counter() - start) * 1000)
         return out
 
     loop = asyncio.new_event_loop()
-    for text in texts[:20]:  # warm up
+    for text in fresh_texts()[:20]:  # warm up
         bare(text)
         for scanner in built.values():
             loop.run_until_complete(scan(scanner, text))
