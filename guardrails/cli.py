@@ -306,10 +306,24 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run allowed and blocked exchanges through a policy")
     demo.add_argument("--policy", default="default", help="policy file or built-in name (default: default)")
     demo.set_defaults(func=_cmd_demo)
+
+    serve = commands.add_parser(
+        "serve", help="run the OpenAI-compatible sidecar proxy (guardrails serve --help)", add_help=False
+    )
+    serve.add_argument("args", nargs=argparse.REMAINDER)  # listed here for the help; main() hands it over whole
     return parser
 
 
+def _serve(argv: list[str]) -> int:
+    from server.cli import serve  # the server's dependencies load only for this command
+
+    return serve(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # the sidecar has its own parser (and its own --help)
+        return _serve(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return args.func(args)

@@ -50,6 +50,14 @@ class Row:
     labels: dict[str, int | None]
     category: str | None
     lang: str | None
+    code_lang: str | None = None
+
+    @property
+    def response(self) -> str:
+        """The text as a model would answer it: code rows in a fence tagged with their language."""
+        if self.kind == "code" and self.code_lang:
+            return f"```{self.code_lang}\n{self.text}\n```"
+        return self.text
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,7 @@ def read_rows(paths: Iterable[str | Path], *, limit_per_set: int | None = None) 
                         labels,
                         data.get("category"),
                         data.get("lang"),
+                        data.get("code_lang"),
                     )
                 except (ValueError, TypeError, KeyError) as exc:
                     raise GuardrailError(f"{path}:{number}: not a row of the data schema ({exc})") from None
@@ -135,7 +144,7 @@ async def score_rows(pipe: Any, rows: Sequence[Row], *, concurrency: int = 8, pr
                 result = await pipe.ascan_input([{"role": "user", "content": row.text}])
             else:
                 context = [{"role": "user", "content": row.context}] if row.context else []
-                result = await pipe.ascan_output(context, row.text)
+                result = await pipe.ascan_output(context, row.response)
             out[i] = _outcome(row, result, (time.perf_counter() - start) * 1000)
         done += 1
         if progress and (done % 200 == 0 or done == len(rows)):

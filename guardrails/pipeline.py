@@ -285,9 +285,17 @@ def _input_items(messages: tuple[Message, ...]) -> list[ScanInput]:
     ]
 
 
-def _output_item(messages: tuple[Message, ...], response: str, *, partial: bool = False) -> ScanInput:
+def _output_item(
+    messages: tuple[Message, ...], response: str, *, partial: bool = False, fresh_from: int = 0
+) -> ScanInput:
     return ScanInput(
-        response, role=Role.ASSISTANT, index=len(messages), stage=Stage.OUTPUT, conversation=messages, partial=partial
+        response,
+        role=Role.ASSISTANT,
+        index=len(messages),
+        stage=Stage.OUTPUT,
+        conversation=messages,
+        partial=partial,
+        fresh_from=fresh_from,
     )
 
 
@@ -365,10 +373,17 @@ class GuardedStream:
     or the output is blocked the last chunk is the policy's refusal, and ``result.blocked`` is true.
     """
 
-    def __init__(self, start: Callable[[bool], AsyncIterator[str]]) -> None:
+    def __init__(self, start: Callable[[bool], AsyncIterator[str]], request_id: str) -> None:
         self._start = start
         self._started = False
+        self.request_id = request_id  # known before the first chunk: it names the audit record
+        self.moderation: OutputHook | None = None  # set once the output starts
         self.result: Result | None = None
+
+    @property
+    def scanned_chars(self) -> int:
+        """Characters the output scanners have scanned so far (windows overlap: a measure of guard work)."""
+        return getattr(self.moderation, "scanned_chars", 0)
 
     def _begin(self, inline: bool) -> AsyncIterator[str]:
         if self._started:
@@ -453,9 +468,13 @@ class Pipeline:
         route: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         raise_on_block: bool = False,
+        request_id: str | None = None,
     ) -> Result:
-        """Scan the input, generate, scan the output. A sync ``generate`` runs on a worker thread."""
-        return await self._run(messages, generate, route, metadata, raise_on_block, inline=False)
+        """Scan the input, generate, scan the output. A sync ``generate`` runs on a worker thread.
+
+        ``request_id`` names the request in the result and the audit record (default: a new random id); a caller
+        that must announce the id before the answer (a server's response header) passes its own."""
+        return await self._run(messages, generate, route, metadata, raise_on_block, request_id, inline=False)
 
     async def _run(
         self,
@@ -464,10 +483,11 @@ class Pipeline:
         route: str | None,
         metadata: Mapping[str, Any] | None,
         raise_on_block: bool,
+        request_id: str | None,
         *,
         inline: bool,
     ) -> Result:
-        with _Request(self, messages, route, metadata, time.perf_counter()) as request:
+        with _Request(self, messages, route, metadata, time.perf_counter(), request_id) as request:
             verdict = await request.scan_input()
             if verdict.effective is Decision.BLOCK:
                 return request.finish(request.compiled.policy.refusal.input, (verdict,), raise_on_block)
@@ -485,19 +505,21 @@ class Pipeline:
         generate: Generate | None = None,
         route: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
     ) -> GuardedStream:
         """A guarded stream of the response; iterate it with ``for`` or ``async for``."""
         gen = self._require_generate(generate)
+        request_id = request_id or uuid.uuid4().hex
 
         async def start(inline: bool) -> AsyncIterator[str]:
-            with _Request(self, messages, route, metadata, time.perf_counter()) as request:
+            with _Request(self, messages, route, metadata, time.perf_counter(), request_id) as request:
                 verdict = await request.scan_input()
                 policy = request.compiled.policy
                 if verdict.effective is Decision.BLOCK:
                     stream.result = request.finish(policy.refusal.input, (verdict,), False)
                     yield policy.refusal.input
                     return
-                hook = request.output_hook()
+                hook = stream.moderation = request.output_hook()
                 source = _chunks(await _call_generate(gen, request.prompt(), inline=inline), inline=inline)
                 received: list[str] = []
                 size = 0
@@ -535,14 +557,19 @@ class Pipeline:
                 else:
                     stream.result = request.finish("".join(sent), (verdict, output), False, response)
 
-        stream = GuardedStream(start)
+        stream = GuardedStream(start, request_id)
         return stream
 
     async def ascan_input(
-        self, messages: MessagesLike, *, route: str | None = None, metadata: Mapping[str, Any] | None = None
+        self,
+        messages: MessagesLike,
+        *,
+        route: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
     ) -> Result:
         """Check messages without generating. ``result.messages`` holds them after any redaction."""
-        with _Request(self, messages, route, metadata, time.perf_counter()) as request:
+        with _Request(self, messages, route, metadata, time.perf_counter(), request_id) as request:
             verdict = await request.scan_input()
             text = request.compiled.policy.refusal.input if verdict.effective is Decision.BLOCK else ""
             return request.finish(text, (verdict,), False)
@@ -554,9 +581,10 @@ class Pipeline:
         *,
         route: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
     ) -> Result:
         """Check a response to ``messages`` without generating; ``result.text`` is it after redaction or refusal."""
-        with _Request(self, messages, route, metadata, time.perf_counter()) as request:
+        with _Request(self, messages, route, metadata, time.perf_counter(), request_id) as request:
             output = await request.scan_output(response)
             refusal = request.compiled.policy.refusal.output
             text = refusal if output.effective is Decision.BLOCK else request.redact_output(response, output)
@@ -572,14 +600,20 @@ class Pipeline:
         route: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         raise_on_block: bool = False,
+        request_id: str | None = None,
     ) -> Result:
         """Sync :meth:`arun`; works inside a running event loop too. A sync ``generate`` runs in this call."""
-        return run_sync(self._run(messages, generate, route, metadata, raise_on_block, inline=True))
+        return run_sync(self._run(messages, generate, route, metadata, raise_on_block, request_id, inline=True))
 
     def scan_input(
-        self, messages: MessagesLike, *, route: str | None = None, metadata: Mapping[str, Any] | None = None
+        self,
+        messages: MessagesLike,
+        *,
+        route: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
     ) -> Result:
-        return run_sync(self.ascan_input(messages, route=route, metadata=metadata))
+        return run_sync(self.ascan_input(messages, route=route, metadata=metadata, request_id=request_id))
 
     def scan_output(
         self,
@@ -588,8 +622,11 @@ class Pipeline:
         *,
         route: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
     ) -> Result:
-        return run_sync(self.ascan_output(messages, response, route=route, metadata=metadata))
+        return run_sync(
+            self.ascan_output(messages, response, route=route, metadata=metadata, request_id=request_id)
+        )
 
     def guard(self, fn: Generate | None = None, *, route: str | None = None, raise_on_block: bool = False) -> Any:
         """Decorator: the guarded version of a generate function, in the same style.
@@ -661,7 +698,15 @@ class _Request:
         "reserved",
     )
 
-    def __init__(self, pipeline: Pipeline, messages: MessagesLike, route: str | None, metadata: Any, t0: float) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        messages: MessagesLike,
+        route: str | None,
+        metadata: Any,
+        t0: float,
+        request_id: str | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.compiled = pipeline._state.select(route)  # one read: a concurrent reload cannot mix two policies
         self.received = self.messages = to_messages(messages)
@@ -669,7 +714,7 @@ class _Request:
         self.route = route
         self.metadata = dict(metadata or {})
         self.t0 = t0
-        self.request_id = uuid.uuid4().hex
+        self.request_id = request_id or uuid.uuid4().hex
         self.reserved = False  # holds a place in the audit spools (on_full: block)
 
     def _audit_refusal(self, stage: Stage) -> Verdict | None:
@@ -724,8 +769,10 @@ class _Request:
     def output_hook(self) -> OutputHook:
         settings = self.compiled.policy.output.stream
 
-        async def scan_window(window: str, offset: int, partial: bool) -> tuple[Verdict, list[Span], int | None]:
-            item = _output_item(self.messages, window, partial=partial)
+        async def scan_window(
+            window: str, offset: int, partial: bool, fresh_from: int
+        ) -> tuple[Verdict, list[Span], int | None]:
+            item = _output_item(self.messages, window, partial=partial, fresh_from=fresh_from)
             verdict = await run_stage(Stage.OUTPUT, self.compiled, [item])
             spans = _redaction_spans(verdict, self.compiled).get(len(self.messages), []) if verdict.enforced else []
             cut_short = [f.span[0] for r in verdict.results for f in r.findings if f.view == "partial" and f.span]

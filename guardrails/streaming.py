@@ -25,9 +25,10 @@ from guardrails.types import Decision, ScanResult, Stage, Verdict
 
 __all__ = ["OutputHook", "WindowedModeration", "ScanWindow"]
 
-# Scans one window of the response: (window text, offset of the window in the response, more text may follow) ->
-# (verdict, spans to redact, where a match cut short by the window's end starts); positions are response indexes.
-ScanWindow = Callable[[str, int, bool], Awaitable[tuple[Verdict, list[Span], int | None]]]
+# Scans one window of the response: (window text, offset of the window in the response, more text may follow,
+# index in the window where unreleased text starts) -> (verdict, spans to redact, where a match cut short by the
+# window's end starts); positions are response indexes.
+ScanWindow = Callable[[str, int, bool, int], Awaitable[tuple[Verdict, list[Span], int | None]]]
 
 
 class OutputHook(Protocol):
@@ -60,6 +61,7 @@ class WindowedModeration:
         self._results: dict[str, list[ScanResult]] = {}
         self._order: list[str] = []
         self._scanned = False
+        self.scanned_chars = 0  # total length of the windows scanned: guard work, for metrics
         self.blocked = False
 
     async def feed(self, chunk: str) -> str:
@@ -78,7 +80,8 @@ class WindowedModeration:
 
     async def _check(self, *, final: bool) -> str:
         window = self._tail + self._pending
-        verdict, spans, hold_from = await self._scan(window, self._offset - len(self._tail), not final)
+        self.scanned_chars += len(window)
+        verdict, spans, hold_from = await self._scan(window, self._offset - len(self._tail), not final, len(self._tail))
         self._scanned = True
         self._fresh = 0
         for result in verdict.results:

@@ -169,6 +169,7 @@ class Finding:
     view: str = "raw"
     detail: str = ""
     excerpt: str | None = None
+    line: int | None = None  # 1-based line of the scanned text, where a scanner reports one (Code Shield)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ EXPECTED = {
     "async_generate.py": ["(echo) Question 4", "redact  Your token is [REDACTED:github_token]"],
     "streaming.py": ["[REDACTED:aws_access_key_id]", "decision: redact"],
     "custom_scanner.py": ["allow  'please summarise this report'", "warn  'WHY IS NOTHING WORKING TODAY'"],
+    "openai_client.py": ["blocked: content_filter", "[REDACTED:aws_access_key_id]"],
 }
 
 

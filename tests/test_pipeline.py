@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import pytest
-from conftest import make_pipeline
+from support import make_pipeline
 
 from guardrails import Blocked, Decision, Message, Pipeline, Stage, Status
 from guardrails.scanners import ScanInput, Scanner, ScannerConfig, register

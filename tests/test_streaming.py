@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_pipeline
+from support import make_pipeline
 
 from guardrails import Decision, Stage
 from guardrails.testing import FakeGenerator

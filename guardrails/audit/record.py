@@ -136,6 +136,8 @@ class Entry:
             out["message_index"] = finding.message_index
         if finding.span is not None:
             out["span"] = list(finding.span)
+        if finding.line is not None:
+            out["line"] = finding.line
         if finding.detail:
             out["detail"] = finding.detail
         if finding.excerpt is not None:

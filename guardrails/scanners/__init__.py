@@ -1,6 +1,7 @@
 """Scanners: one type per module, registered by the name policies use in ``type:``.
 
-Built-in types: ``invisible_text``, ``regex``, ``secrets`` (no model needed), ``prompt_guard`` and ``llama_guard``
+Built-in types: ``invisible_text``, ``regex``, ``secrets`` (no model needed), ``code_shield`` (static analysis of
+generated code: rules, semgrep and bandit), ``prompt_guard`` and ``llama_guard``
 (Meta's checkpoints, local with the ``models`` extra, or Llama Guard on a remote server), and ``static`` (a test double
 from :mod:`guardrails.testing`). Register your own with :func:`register` before loading a policy that names it.
 """
@@ -11,6 +12,7 @@ from guardrails.scanners.registry import register, scanner_class, scanner_types
 # Built-in types register themselves on import.
 from guardrails.scanners import (  # noqa: E402,F401  isort: skip
     cascade,
+    code_shield,
     invisible_text,
     llama_guard,
     prompt_guard,

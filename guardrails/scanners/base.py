@@ -65,7 +65,7 @@ class ScannerConfig(BaseModel):
 class ScanInput:
     """One text to scan, with where it came from. Normalised views are computed once and shared by all scanners."""
 
-    __slots__ = ("text", "role", "index", "stage", "third_party", "conversation", "partial", "_views")
+    __slots__ = ("text", "role", "index", "stage", "third_party", "conversation", "partial", "fresh_from", "_views")
 
     def __init__(
         self,
@@ -77,6 +77,7 @@ class ScanInput:
         third_party: bool = False,
         conversation: tuple[Message, ...] = (),
         partial: bool = False,
+        fresh_from: int = 0,
     ) -> None:
         self.text = text
         self.role = role
@@ -87,6 +88,9 @@ class ScanInput:
         # True for a window of a response still streaming: scanners that can tell report a match the window's end
         # cuts short as a finding with view "partial" (it does not score), and the stream holds text from there.
         self.partial = partial
+        # In a streaming window, text before this index was already released (context from the previous window);
+        # scanners that track structure (Code Shield's fences) start there.
+        self.fresh_from = fresh_from
         self._views: tuple[View, ...] | None = None
 
     @property

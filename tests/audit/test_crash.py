@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_pipeline
+from support import make_pipeline
 
 from guardrails.audit import AuditStore
 from guardrails.audit.record import GENESIS, canonical, chain_hash

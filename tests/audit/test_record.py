@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_pipeline
+from support import make_pipeline
 
 from guardrails.audit import AuditStore
 from guardrails.audit.record import should_record

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import make_pipeline
+from support import make_pipeline
 
 from guardrails.audit import AuditStore
 from guardrails.testing import FakeGenerator

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_pipeline
 from embedded_heads import attack_head, direction, hazard_head
+from support import make_pipeline
 
 from guardrails import ScannerError
 from guardrails.embedded import load_head, shared_encoder

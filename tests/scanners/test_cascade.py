@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_pipeline
 from pydantic import ValidationError
+from support import make_pipeline
 
 from guardrails import Decision
 from guardrails.scanners import ScanInput, scanner_class

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from conftest import make_pipeline
 from pydantic import ValidationError
+from support import make_pipeline
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from guardrails import Decision, ScannerError, Status

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_pipeline
+from support import make_pipeline
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from guardrails import Decision, ScannerError
