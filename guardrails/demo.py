@@ -1,7 +1,8 @@
 """``guardrails demo``: allowed, redacted and blocked exchanges through a policy, printed for people.
 
-The generator here is a scripted stand-in (:class:`guardrails.testing.FakeGenerator`) that answers from a fixed
-table; the scanners, policy, normalisation and redaction are the real ones.
+The generator of the numbered exchanges is a scripted stand-in (:class:`guardrails.testing.FakeGenerator`) that
+answers from a fixed table, so each shows one behaviour; the scanners, policy, normalisation and redaction are the
+real ones. The last exchange is the default model (SmolLM2-135M-Instruct) on our engine answering a coding question.
 """
 
 from __future__ import annotations
@@ -87,10 +88,37 @@ def _show(number: int, title: str, prompt: str, result: Result, generator: FakeG
     print()
 
 
-def run_demo(policy: str = "default") -> int:
+def _model_exchange(pipe: Pipeline, number: int, counts: dict[str, int]) -> None:
+    """A coding question answered by the default model through the engine, streamed through the guards."""
+    import torch
+
+    from guardrails.engine import Engine
+
+    torch.set_num_threads(1)
+    prompt = "Write a Python function that reverses a string, with a short explanation."
+    print(f"[{number}] a coding question, answered by SmolLM2-135M-Instruct on our engine, streamed through the guards")
+    print(f"    user     : {prompt}")
+    engine = Engine.from_pretrained(chat=True)  # converts the wheel's GGUF once into ~/.cache/guardrails
+    try:
+        stream = pipe.stream(prompt, generate=lambda p: engine.stream(p, max_tokens=200))
+        reply = "".join(stream)
+    finally:
+        engine.close()
+    assert stream.result is not None
+    counts[stream.result.decision.value] = counts.get(stream.result.decision.value, 0) + 1
+    print("    reply    :")
+    for line in reply.strip().splitlines():
+        print(f"      {line}")
+    for line in _explain(stream.result):
+        print(f"    guard    : {line}")
+    print(f"    decision : {stream.result.decision.value.upper()}\n")
+
+
+def run_demo(policy: str = "default", *, model: bool = True) -> int:
     with Pipeline.from_policy(policy) as pipe:
         print(f"guardrails demo: policy {pipe.policy.name!r} ({pipe.policy.hash[:12]}) from {pipe.policy.source}")
-        print("generator: a scripted stand-in that answers from a fixed table; the scanners are real.\n")
+        print("generator: a scripted stand-in that answers from a fixed table (the scanners are real), then the")
+        print("default model on our engine" + ("" if model else " (skipped: --no-model)") + ".\n")
         counts: dict[str, int] = {}
         number = 0
         for number, (title, prompt) in enumerate(EXCHANGES, 1):
@@ -124,6 +152,10 @@ def run_demo(policy: str = "default") -> int:
                 print(f"    guard    : {line}")
             print(f"    reply    : {result.text}")
             print(f"    decision : {result.decision.value.upper()}\n")
+
+        if model:
+            number += 1
+            _model_exchange(pipe, number, counts)
 
         summary = ", ".join(f"{n} {d}" for d, n in sorted(counts.items()))
         print(f"summary: {summary}")

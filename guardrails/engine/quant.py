@@ -1,0 +1,93 @@
+"""Every matrix product of the model goes through :func:`linear`, which picks the kernel for the weight's storage.
+
+- Same dtype as the activations: ``F.linear``.
+- bf16 weights with fp32 activations: CPUs without native bf16 matmul (no AVX512-BF16 / AMX). PyTorch's fallback bf16
+  GEMM there costs ~8x more at 8 rows than at one, so one row runs the bf16 GEMV (which reads half the bytes) and
+  more rows upcast the weight, a slice at a time, into a cache-sized fp32 scratch and run the fp32 GEMM.
+- :class:`Int8Weight` (optional weight-only int8, per output channel, symmetric): PyTorch's packed int8 CPU kernel
+  ``aten._weight_int8pack_mm`` (bf16 activations). Its reduction dimension must be a multiple of 8 (it returns garbage
+  otherwise), so other weights stay unquantised.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Int8Weight", "linear", "quantize_int8", "native_bf16"]
+
+_SCRATCH_ELEMENTS = 1 << 20  # 4 MB of fp32: a slice of weight stays in cache between the upcast and the GEMM
+_KEEP = ("router", "shared_gate")
+_local = threading.local()
+
+
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether bf16 matmuls run natively (always on CUDA; on CPU only with oneDNN's bf16 kernels)."""
+    if torch.device(device).type == "cuda":
+        return True
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class Int8Weight:
+    """int8 weight ``q`` [..., N, K] with fp scales ``s`` [..., N]; indexing picks an expert."""
+
+    def __init__(self, q: torch.Tensor, s: torch.Tensor) -> None:
+        self.q, self.s = q, s
+
+    @classmethod
+    def quantize(cls, w: torch.Tensor) -> Int8Weight:
+        scale = w.float().abs().amax(dim=-1).clamp(min=1e-8) / 127  # [..., N]
+        q = torch.round(w.float() / scale[..., None]).clamp(-127, 127).to(torch.int8)
+        return cls(q.contiguous(), scale.to(torch.bfloat16))
+
+    def __getitem__(self, e: int) -> Int8Weight:
+        return Int8Weight(self.q[e], self.s[e])
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+
+def linear(x: torch.Tensor, w: torch.Tensor | Int8Weight, b: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ w.T + b`` for x [T, K], w [N, K]; returns x's dtype."""
+    if isinstance(w, Int8Weight):
+        y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), w.q, w.s).to(x.dtype)
+        return y if b is None else y + b
+    if w.dtype == x.dtype:
+        return F.linear(x, w, b)
+    if x.shape[0] == 1:
+        return F.linear(x.to(w.dtype), w, b).to(x.dtype)
+    rows = max(1, _SCRATCH_ELEMENTS // w.shape[1])
+    bias = None if b is None else b.to(x.dtype)
+    if w.shape[0] <= rows:
+        return F.linear(x, _upcast(w, x.dtype), bias)
+    parts = [F.linear(x, _upcast(w[i : i + rows], x.dtype)) for i in range(0, w.shape[0], rows)]
+    out = torch.cat(parts, dim=-1)
+    return out if bias is None else out + bias
+
+
+def _upcast(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    scratch = getattr(_local, "scratch", None)
+    if scratch is None or scratch.numel() < w.numel() or scratch.dtype != dtype or scratch.device != w.device:
+        scratch = _local.scratch = torch.empty(max(w.numel(), _SCRATCH_ELEMENTS), dtype=dtype, device=w.device)
+    return scratch[: w.numel()].view(w.shape).copy_(w)
+
+
+def quantize_int8(model: nn.Module) -> int:
+    """Replace every 2-D / 3-D matrix weight whose reduction dim is a multiple of 8 by an :class:`Int8Weight`.
+
+    Embeddings, norms and routers stay as they are (a router is tiny, and rounding its logits flips experts).
+    Returns the number of weights quantised.
+    """
+    done = 0
+    for module in list(model.modules()):
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.dim() < 2 or param.shape[-1] % 8 or isinstance(module, nn.Embedding) or name in _KEEP:
+                continue
+            delattr(module, name)
+            setattr(module, name, Int8Weight.quantize(param.data))
+            done += 1
+    return done
