@@ -189,6 +189,10 @@ class Engine:
             self._cond.notify()
 
     def _loop(self) -> None:
+        # Flush denormals to zero, in the engine's own thread only (the setting is per thread, and other code in the
+        # process may need IEEE subnormals): SiLU of very negative activations underflows to denormals, which made
+        # CPU GEMMs 10-20x slower on random prompts (measured). The effect on results is below 1e-38.
+        torch.set_flush_denormal(True)
         while True:
             with self._cond:
                 while not self._inbox and not self.core.has_work() and not self._closed:
