@@ -171,7 +171,7 @@ def extract(text: str, *, default_language: str | None = None, streaming: bool =
         code, offsets = _dedent(text, code_start, code_end, indent)
         tag = info.split()[0] if info.split() else ""
         line = text.count("\n", 0, code_start) + 1
-        if canonical(tag) == "json" or tag.lower() == "json" or (not tag and code.lstrip()[:1] in "[{"):
+        if tag.lower() == "json" or (not tag and code.lstrip()[:1] in "[{"):
             calls = _tool_blocks(code, code_start, line)
             if calls:
                 blocks.extend(calls)
