@@ -20,6 +20,7 @@ from torch import nn
 
 from .attention import Batch, KVCache, attend
 from .config import ModelConfig
+from . import native
 from .quant import linear
 
 __all__ = ["Transformer", "rope_frequencies"]
@@ -86,14 +87,40 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.num_heads * hd if full else hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(cfg.num_kv_heads * hd if full else hd, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, batch: Batch, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: Batch, cache: KVCache | None, norm: RMSNorm) -> torch.Tensor:
+        """``x + attention(norm(x))``: the residual and the norm are fused into the projections when they can be."""
         cfg, t, hd, heads = self.cfg, x.shape[0], self.cfg.head_dim, self.heads
-        qkv = linear(x, self.wqkv.weight, self.wqkv.bias)  # [T, (H + 2 KVH) hd]
+        qkv = linear(x, self.wqkv.weight, self.wqkv.bias, norm=norm)  # [T, (H + 2 KVH) hd]
         if cfg.qk_norm == "full":  # OLMoE: over the whole projection
             q, k, v = qkv.split([heads * hd, self.kv_heads * hd, self.kv_heads * hd], dim=-1)
             qkv = torch.cat((self.q_norm(q), self.k_norm(k), v), dim=-1)
         if cfg.clip_qkv is not None:
             qkv = qkv.clamp(-cfg.clip_qkv, cfg.clip_qkv)
+        o = self.decode(qkv, batch, cache) if cfg.qk_norm != "head" else None
+        if o is None:
+            o = self.attend(qkv, batch, cache)
+        return linear(o.view(t, heads * hd), self.wo.weight, self.wo.bias, residual=x)
+
+    def decode(self, qkv: torch.Tensor, batch: Batch, cache: KVCache | None) -> torch.Tensor | None:
+        """A step of single-token decodes only: RoPE, cache write and attention in one native call (None: no)."""
+        if cache is None or batch.segments or batch.num_single != qkv.shape[0]:
+            return None
+        return native.attn_decode(
+            qkv,
+            cache,
+            batch.single_tables,
+            batch.positions,
+            heads=self.heads,
+            kv_heads=self.kv_heads,
+            rope=(batch.cos, batch.sin) if self.use_rope else None,
+            l2_eps=self.cfg.rms_norm_eps if self.use_rope and self.cfg.qk_norm == "l2" else None,
+            temperature=batch.temperature if not self.use_rope else None,
+            window=self.window,
+            scale=self.cfg.head_dim**-0.5,
+        )
+
+    def attend(self, qkv: torch.Tensor, batch: Batch, cache: KVCache | None) -> torch.Tensor:
+        cfg, t, hd, heads = self.cfg, qkv.shape[0], self.cfg.head_dim, self.heads
         qkv = qkv.view(t, heads + 2 * self.kv_heads, hd)
         qk, v = qkv[:, : heads + self.kv_heads], qkv[:, heads + self.kv_heads :]  # q and k heads side by side
         if cfg.qk_norm == "head":  # Qwen3: per head, weighted, before RoPE
@@ -105,8 +132,7 @@ class Attention(nn.Module):
         q, k = qk[:, :heads], qk[:, heads:]
         if not self.use_rope and batch.temperature is not None:  # Llama 4 NoPE layers: 1 below floor_scale - 1
             q = (q * batch.temperature[:, None, None]).type_as(q)
-        o = attend(q, k, v, cache, batch, self.window, hd**-0.5)
-        return linear(o.view(t, heads * hd), self.wo.weight, self.wo.bias)
+        return attend(q, k, v, cache, batch, self.window, hd**-0.5)
 
 
 class MLP(nn.Module):
@@ -117,13 +143,15 @@ class MLP(nn.Module):
         self.w13 = nn.Parameter(torch.empty(2 * inner, hidden))
         self.w2 = nn.Parameter(torch.empty(hidden, inner))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return swiglu(x, self.w13, self.w2)
+    def forward(self, x: torch.Tensor, norm: RMSNorm | None = None) -> torch.Tensor:
+        """``x + mlp(norm(x))`` with a norm (a block's feed-forward), ``mlp(x)`` without (a shared expert)."""
+        if norm is None:
+            return swiglu(x, self.w13, self.w2)
+        return linear(linear(x, self.w13, norm=norm), self.w2, swiglu=True, residual=x)
 
 
 def swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    gate, up = linear(x, w13).chunk(2, dim=-1)
-    return linear(F.silu(gate) * up, w2)
+    return linear(linear(x, w13), w2, swiglu=True)
 
 
 class MoE(nn.Module):
@@ -151,7 +179,10 @@ class MoE(nn.Module):
             top = top / top.sum(dim=-1, keepdim=True)
         return top.type_as(x), ids
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H]
+    def forward(self, x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:  # [T, H]
+        return x + self.experts(norm(x))
+
+    def experts(self, x: torch.Tensor) -> torch.Tensor:
         weights, ids = self.route(x)
         if self.shared is None:
             out = torch.zeros_like(x)
@@ -188,8 +219,7 @@ class Block(nn.Module):
         self.ffn = MoE(cfg) if cfg.moe_layers[layer] else MLP(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x: torch.Tensor, batch: Batch, cache: KVCache | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), batch, cache)
-        return x + self.ffn(self.ffn_norm(x))
+        return self.ffn(self.attn(x, batch, cache, self.attn_norm), self.ffn_norm)  # both add their residual
 
 
 class Transformer(nn.Module):
@@ -219,4 +249,4 @@ class Transformer(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits [N, V] of the hidden states [N, H] (only the positions that sample)."""
         head = self.embed.weight if self.lm_head is None else self.lm_head
-        return linear(self.norm(hidden), head).float()
+        return linear(hidden, head, norm=self.norm).float()

@@ -1,5 +1,8 @@
 """Every matrix product of the model goes through :func:`linear`, which picks the kernel for the weight's storage.
 
+- bf16 weights and at most :data:`native.MAX_ROWS` activation rows (decoding): the engine's own GEMV
+  (``kernels.c``), which streams the weights at close to the memory bandwidth; PyTorch's CPU bf16 GEMV reaches about
+  a third of it here. Without a C compiler, PyTorch's kernels below.
 - Same dtype as the activations: ``F.linear``.
 - bf16 weights with fp32 activations: CPUs without native bf16 matmul (no AVX512-BF16 / AMX). PyTorch's fallback bf16
   GEMM there costs ~8x more at 8 rows than at one, so one row runs the bf16 GEMV (which reads half the bytes) and
@@ -16,6 +19,8 @@ import threading
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import native
 
 __all__ = ["Int8Weight", "linear", "quantize_int8", "native_bf16"]
 
@@ -51,8 +56,33 @@ class Int8Weight:
         return self.q.shape
 
 
-def linear(x: torch.Tensor, w: torch.Tensor | Int8Weight, b: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ w.T + b`` for x [T, K], w [N, K]; returns x's dtype."""
+def linear(
+    x: torch.Tensor,
+    w: torch.Tensor | Int8Weight,
+    b: torch.Tensor | None = None,
+    *,
+    norm: nn.Module | None = None,
+    swiglu: bool = False,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``residual + prep(x) @ w.T + b`` for x [T, K], w [N, K]; returns x's dtype. ``prep``: the RMSNorm module
+    ``norm``, or SwiGLU when ``swiglu`` (x [T, 2K] holds gate then up), or nothing. The native kernel fuses them."""
+    if x.shape[0] <= native.MAX_ROWS and isinstance(w, torch.Tensor) and w.dtype == torch.bfloat16:
+        fused = native.gemv(
+            x, w, b, norm=None if norm is None else (norm.weight, norm.eps), swiglu=swiglu, residual=residual
+        )
+        if fused is not None:
+            return fused
+    if norm is not None:
+        x = norm(x)
+    elif swiglu:
+        gate, up = x.chunk(2, dim=-1)
+        x = F.silu(gate) * up
+    y = _linear(x, w, b)
+    return y if residual is None else residual + y
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor | Int8Weight, b: torch.Tensor | None) -> torch.Tensor:
     if isinstance(w, Int8Weight):
         y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), w.q, w.s).to(x.dtype)
         return y if b is None else y + b

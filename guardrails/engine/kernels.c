@@ -1,0 +1,375 @@
+/* Small-batch GEMV for bf16 weights: y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]), for m < 4.
+ *
+ * Decoding one token reads every weight once and does two flops per weight, so it is bound by memory bandwidth, not
+ * arithmetic. PyTorch's CPU bf16 GEMV does not stream weights at the machine's bandwidth (about a third of it here),
+ * so this kernel does the one thing that matters: stream each weight row once, widen bf16 to fp32 with a shift
+ * (bf16 is the top half of an fp32), and accumulate in fp32 with FMAs, four weight rows at a time, prefetching
+ * ahead. Activations and outputs are fp32 or bf16 (round to nearest even), as the caller's tensors are.
+ *
+ * Built once by native.py with the system C compiler; AVX-512 and AVX2 versions are selected at run time, with a
+ * portable C version underneath. Rows are split across OpenMP threads (the process's OpenMP runtime: PyTorch's
+ * libgomp is already loaded under the same soname).
+ */
+#include <immintrin.h>
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_M 4
+/* Software prefetch, AHEAD weight rows ahead (two blocks of four): measured here, one thread streaming 256 MB of
+ * weights, it lifts the kernel from ~0.6 to ~0.9 of the bandwidth of a plain sum; the hardware prefetcher alone
+ * does not keep enough lines in flight for four interleaved rows. A prefetch past the end of w never faults. */
+#define AHEAD 8
+
+typedef struct {
+    const float *x;   /* [M, K] fp32 (converted from bf16 by the caller of the row kernels) */
+    const uint16_t *w; /* [N, K] bf16 */
+    long M, N, K;
+} Problem;
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+/* ---- portable ---------------------------------------------------------------------------------------------- */
+
+static void rows_c(const Problem *p, long n0, long n1, float *acc /* [M, N] */) {
+    for (long n = n0; n < n1; n++) {
+        const uint16_t *row = p->w + n * p->K;
+        for (long m = 0; m < p->M; m++) {
+            const float *x = p->x + m * p->K;
+            float s = 0.f;
+            for (long k = 0; k < p->K; k++) s += x[k] * bf16_to_f32(row[k]);
+            acc[m * p->N + n] = s;
+        }
+    }
+}
+
+/* ---- AVX2 + FMA: 8 lanes --------------------------------------------------------------------------------------- */
+
+__attribute__((target("avx2,fma"))) static inline __m256 load8_bf16(const uint16_t *p) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+__attribute__((target("avx2,fma"))) static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+#define ROWS_AVX2(MM)                                                                                              \
+    __attribute__((target("avx2,fma"))) static void rows_avx2_##MM(const Problem *p, long n0, long n1, float *acc) { \
+        const long K = p->K, N = p->N, k8 = K & ~7L;                                                              \
+        long n = n0;                                                                                              \
+        for (; n + 4 <= n1; n += 4) {                                                                             \
+            __m256 a[MM][4];                                                                                      \
+            for (int m = 0; m < MM; m++)                                                                          \
+                for (int r = 0; r < 4; r++) a[m][r] = _mm256_setzero_ps();                                        \
+            const uint16_t *w0 = p->w + n * K;                                                                    \
+            for (long k = 0; k < k8; k += 8) {                                                                    \
+                if (!(k & 31))                                                                                    \
+                    for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(w0 + (r + AHEAD) * K + k), _MM_HINT_T0); \
+                __m256 w[4];                                                                                      \
+                for (int r = 0; r < 4; r++) w[r] = load8_bf16(w0 + r * K + k);                                   \
+                for (int m = 0; m < MM; m++) {                                                                    \
+                    __m256 xv = _mm256_loadu_ps(p->x + m * K + k);                                                \
+                    for (int r = 0; r < 4; r++) a[m][r] = _mm256_fmadd_ps(w[r], xv, a[m][r]);                     \
+                }                                                                                                 \
+            }                                                                                                     \
+            for (int m = 0; m < MM; m++)                                                                          \
+                for (int r = 0; r < 4; r++) {                                                                     \
+                    float s = hsum8(a[m][r]);                                                                     \
+                    for (long k = k8; k < K; k++) s += p->x[m * K + k] * bf16_to_f32(w0[r * K + k]);              \
+                    acc[m * N + n + r] = s;                                                                       \
+                }                                                                                                 \
+        }                                                                                                         \
+        if (n < n1) rows_c(p, n, n1, acc);                                                                        \
+    }
+ROWS_AVX2(1)
+ROWS_AVX2(2)
+ROWS_AVX2(3)
+ROWS_AVX2(4)
+
+/* ---- AVX-512: 16 lanes, masked tail ------------------------------------------------------------------------------ */
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static inline __m512 load16_bf16(const uint16_t *p, __mmask16 k) {
+    __m256i h = _mm256_maskz_loadu_epi16(k, p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+#define ROWS_AVX512(MM)                                                                                             \
+    __attribute__((target("avx512f,avx512bw,avx512vl"))) static void rows_avx512_##MM(const Problem *p, long n0,   \
+                                                                                      long n1, float *acc) {      \
+        const long K = p->K, N = p->N, k16 = K & ~15L;                                                            \
+        const __mmask16 tail = (__mmask16)((1u << (K - k16)) - 1u);                                               \
+        long n = n0;                                                                                              \
+        for (; n + 4 <= n1; n += 4) {                                                                             \
+            __m512 a[MM][4];                                                                                      \
+            for (int m = 0; m < MM; m++)                                                                          \
+                for (int r = 0; r < 4; r++) a[m][r] = _mm512_setzero_ps();                                        \
+            const uint16_t *w0 = p->w + n * K;                                                                    \
+            for (long k = 0; k < k16; k += 16) {                                                                  \
+                if (!(k & 31))                                                                                    \
+                    for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(w0 + (r + AHEAD) * K + k), _MM_HINT_T0); \
+                __m512 w[4];                                                                                      \
+                for (int r = 0; r < 4; r++) w[r] = load16_bf16(w0 + r * K + k, 0xffff);                          \
+                for (int m = 0; m < MM; m++) {                                                                    \
+                    __m512 xv = _mm512_loadu_ps(p->x + m * K + k);                                                \
+                    for (int r = 0; r < 4; r++) a[m][r] = _mm512_fmadd_ps(w[r], xv, a[m][r]);                     \
+                }                                                                                                 \
+            }                                                                                                     \
+            if (tail) {                                                                                           \
+                __m512 w[4];                                                                                      \
+                for (int r = 0; r < 4; r++) w[r] = load16_bf16(w0 + r * K + k16, tail);                           \
+                for (int m = 0; m < MM; m++) {                                                                    \
+                    __m512 xv = _mm512_maskz_loadu_ps(tail, p->x + m * K + k16);                                  \
+                    for (int r = 0; r < 4; r++) a[m][r] = _mm512_fmadd_ps(w[r], xv, a[m][r]);                     \
+                }                                                                                                 \
+            }                                                                                                     \
+            for (int m = 0; m < MM; m++)                                                                          \
+                for (int r = 0; r < 4; r++) acc[m * N + n + r] = _mm512_reduce_add_ps(a[m][r]);                   \
+        }                                                                                                         \
+        if (n < n1) rows_c(p, n, n1, acc);                                                                        \
+    }
+ROWS_AVX512(1)
+ROWS_AVX512(2)
+ROWS_AVX512(3)
+ROWS_AVX512(4)
+
+typedef void (*RowsFn)(const Problem *, long, long, float *);
+
+static RowsFn pick(long M, int isa) {
+    static const RowsFn avx512[MAX_M] = {rows_avx512_1, rows_avx512_2, rows_avx512_3, rows_avx512_4};
+    static const RowsFn avx2[MAX_M] = {rows_avx2_1, rows_avx2_2, rows_avx2_3, rows_avx2_4};
+    if (isa == 2) return avx512[M - 1];
+    if (isa == 1) return avx2[M - 1];
+    return rows_c;
+}
+
+/* 2: AVX-512, 1: AVX2 + FMA, 0: portable C. */
+int gr_isa(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+    return 0;
+}
+
+static inline float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+
+static inline float load_act(const void *p, long i, int bf16) {
+    return bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static inline void store_act(void *p, long i, float v, int bf16) {
+    if (bf16)
+        ((uint16_t *)p)[i] = f32_to_bf16(v);
+    else
+        ((float *)p)[i] = v;
+}
+
+/* The GEMV's input row m, as fp32, in xf[0:K]. The steps round to bf16 where PyTorch's bf16 code does, so the fused
+ * path gives the same numbers as the unfused one.
+ *   prep 0: x as it is (x has K columns).
+ *   prep 1: RMS norm: x / sqrt(mean(x^2) + eps) * norm_w (x has K columns).
+ *   prep 2: SwiGLU: silu(x[:K]) * x[K:] (x has 2K columns: gate, then up). */
+static void prepare_row(const void *x, long m, long K, int bf16, int prep, const void *norm_w, float eps, float *xf) {
+    long width = prep == 2 ? 2 * K : K;
+    const long base = m * width;
+    if (prep == 1) {
+        double ss = 0;
+        for (long k = 0; k < K; k++) {
+            float v = load_act(x, base + k, bf16);
+            ss += (double)v * v;
+        }
+        float r = 1.f / sqrtf((float)(ss / K) + eps);
+        for (long k = 0; k < K; k++) {
+            float v = load_act(x, base + k, bf16) * r, w = load_act(norm_w, k, bf16);
+            xf[k] = bf16 ? round_bf16(round_bf16(v) * w) : v * w;
+        }
+    } else if (prep == 2) {
+        for (long k = 0; k < K; k++) {
+            float g = load_act(x, base + k, bf16), u = load_act(x, base + K + k, bf16);
+            float a = g / (1.f + expf(-g));
+            xf[k] = bf16 ? round_bf16(round_bf16(a) * u) : a * u;
+        }
+    } else {
+        for (long k = 0; k < K; k++) xf[k] = load_act(x, base + k, bf16);
+    }
+}
+
+/* y[M, N] = prep(x)[M, K] @ w[N, K]^T (+ bias[N]) (+ residual[M, N]).
+ * Activations (x, norm_w, bias, residual, y) are all bf16 when act_bf16, else all fp32; bias, norm_w and residual
+ * may be NULL. The sum is rounded to the activation dtype before the residual is added, as two PyTorch ops would.
+ * scratch: fp32 room for M * (K + N) values, from the caller (no large buffers on this thread's stack). isa:
+ * gr_isa()'s answer. Returns 0, or -1 when M is out of range (the caller then uses its own path). */
+int gr_gemv_bf16(const void *x, const uint16_t *w, const void *bias, const void *residual, void *y, float *scratch,
+                 long M, long N, long K, int act_bf16, int prep, const void *norm_w, float eps, int threads, int isa) {
+    if (M < 1 || M > MAX_M || K < 1 || N < 1) return -1;
+    float *xf = scratch, *acc = scratch + M * K;
+    for (long m = 0; m < M; m++) prepare_row(x, m, K, act_bf16, prep, norm_w, eps, xf + m * K);
+    Problem p = {xf, w, M, N, K};
+    RowsFn rows = pick(M, isa);
+    long blocks = (N + 3) / 4;
+    if (threads > 1 && N * K >= (1L << 16)) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (long t = 0; t < threads; t++) {
+            long b0 = blocks * t / threads, b1 = blocks * (t + 1) / threads;
+            long n0 = b0 * 4, n1 = b1 * 4 < N ? b1 * 4 : N;
+            if (n0 < n1) rows(&p, n0, n1, acc);
+        }
+    } else {
+        rows(&p, 0, N, acc);
+    }
+    for (long m = 0; m < M; m++)
+        for (long n = 0; n < N; n++) {
+            long i = m * N + n;
+            float v = acc[i];
+            if (bias) v += load_act(bias, n, act_bf16);
+            if (residual) v = load_act(residual, i, act_bf16) + (act_bf16 ? round_bf16(v) : v);
+            store_act(y, i, v, act_bf16);
+        }
+    return 0;
+}
+
+/* ---- decode attention over the paged KV cache ------------------------------------------------------------------
+ *
+ * D decoding sequences, one new token each. For each: RoPE on its query and key heads (rotate-half; cos/sin [D, hd]
+ * with sin's first half negated, as the model builds them) when cos is given, then the weightless L2 norm of
+ * Llama 4's RoPE layers when l2, the NoPE query temperature when temp is given; the key and value go into the
+ * cache slot of the token's position; then softmax attention of each query head over the keys its position sees
+ * (causal; a chunk (window_kind 1) or a sliding window (2) of window_size), grouped-query. Same rounding points as
+ * the PyTorch code in model.py / attention.py. Work is split over (sequence, kv head) pairs. */
+
+static void rotate_row(float *v, const float *cos, const float *sin, long hd) {
+    float tmp[512];
+    long half = hd / 2;
+    for (long i = 0; i < hd; i++) tmp[i] = v[i] * cos[i] + v[(i + half) % hd] * sin[i];
+    memcpy(v, tmp, (size_t)hd * sizeof(float));
+}
+
+static void l2_row(float *v, long hd, float eps, int bf16) {
+    double ss = 0;
+    for (long i = 0; i < hd; i++) ss += (double)v[i] * v[i];
+    float r = 1.f / sqrtf((float)(ss / hd) + eps);
+    for (long i = 0; i < hd; i++) v[i] = bf16 ? round_bf16(v[i] * r) : v[i] * r;
+}
+
+static void round_row(float *v, long n, int bf16) {
+    if (bf16)
+        for (long i = 0; i < n; i++) v[i] = round_bf16(v[i]);
+}
+
+static inline long slot_of(const int64_t *table, long pos, long bs) { return table[pos / bs] * bs + pos % bs; }
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) static float dot_f32(const float *a, const float *b,
+                                                                                     long n) {
+    float s = 0.f;
+    for (long i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void axpy_f32(float *y, float a, const float *x,
+                                                                                    long n) {
+    for (long i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void load_row(const void *src, long off, long n, int bf16, float *dst) {
+    if (bf16) {
+        const uint16_t *p = (const uint16_t *)src + off;
+        for (long i = 0; i < n; i++) dst[i] = bf16_to_f32(p[i]);
+    } else {
+        memcpy(dst, (const float *)src + off, (size_t)n * sizeof(float));
+    }
+}
+
+int gr_attn_decode(const void *qkv, const float *cos, const float *sin, const float *temp, void *k_cache,
+                   void *v_cache, const int64_t *tables, long table_width, const int64_t *positions, void *out,
+                   float *scratch, long scratch_len, long D, long H, long KVH, long hd, long bs, int window_kind,
+                   long window_size, float scale, int l2, float eps, int bf16, int threads) {
+    if (hd > 512 || H % KVH) return -1;
+    const long group = H / KVH, row = (H + 2 * KVH) * hd;
+    long max_len = 0;
+    for (long d = 0; d < D; d++)
+        if (positions[d] + 1 > max_len) max_len = positions[d] + 1;
+    const long per_task = group * (2 * hd + max_len) + hd; /* queries, outputs, scores, a key or value row */
+    if (scratch_len < (threads > 1 ? threads : 1) * per_task) return -1;
+
+    /* keys and values of the new tokens into the cache (RoPE'd, normed keys) */
+    for (long d = 0; d < D; d++) {
+        const long slot = slot_of(tables + d * table_width, positions[d], bs);
+        for (long g = 0; g < KVH; g++) {
+            float k[512];
+            load_row(qkv, d * row + (H + g) * hd, hd, bf16, k);
+            if (cos) {
+                rotate_row(k, cos + d * hd, sin + d * hd, hd);
+                round_row(k, hd, bf16);
+                if (l2) l2_row(k, hd, eps, bf16);
+            }
+            for (long i = 0; i < hd; i++) {
+                store_act(k_cache, (slot * KVH + g) * hd + i, k[i], bf16);
+                store_act(v_cache, (slot * KVH + g) * hd + i, load_act(qkv, d * row + (H + KVH + g) * hd + i, bf16), bf16);
+            }
+        }
+    }
+    const long tasks = D * KVH;
+#pragma omp parallel for num_threads(threads > 1 && tasks > 1 ? threads : 1) schedule(static)
+    for (long task = 0; task < tasks; task++) {
+        const long d = task / KVH, g = task % KVH, pos = positions[d];
+        const int64_t *table = tables + d * table_width;
+        float *mine = scratch;
+#ifdef _OPENMP
+        mine = scratch + omp_get_thread_num() * per_task;
+#endif
+        float *q = mine, *o = q + group * hd, *scores = o + group * hd, *kv = scores + group * max_len;
+        for (long j = 0; j < group; j++) {
+            float *qj = q + j * hd;
+            load_row(qkv, d * row + (g * group + j) * hd, hd, bf16, qj);
+            if (cos) {
+                rotate_row(qj, cos + d * hd, sin + d * hd, hd);
+                round_row(qj, hd, bf16);
+                if (l2) l2_row(qj, hd, eps, bf16);
+            } else if (temp) {
+                for (long i = 0; i < hd; i++) qj[i] = bf16 ? round_bf16(qj[i] * temp[d]) : qj[i] * temp[d];
+            }
+        }
+        long first = 0;
+        if (window_kind == 1) first = pos / window_size * window_size;
+        if (window_kind == 2 && pos - window_size + 1 > 0) first = pos - window_size + 1;
+        const long len = pos + 1 - first;
+        for (long t = first; t <= pos; t++) { /* each key once, for every query head of its group */
+            load_row(k_cache, (slot_of(table, t, bs) * KVH + g) * hd, hd, bf16, kv);
+            for (long j = 0; j < group; j++) scores[j * len + t - first] = dot_f32(q + j * hd, kv, hd) * scale;
+        }
+        for (long j = 0; j < group; j++) {
+            float *sj = scores + j * len, best = -INFINITY, total = 0.f;
+            for (long t = 0; t < len; t++) best = sj[t] > best ? sj[t] : best;
+            for (long t = 0; t < len; t++) total += sj[t] = expf(sj[t] - best);
+            for (long t = 0; t < len; t++) sj[t] /= total;
+        }
+        memset(o, 0, (size_t)(group * hd) * sizeof(float));
+        for (long t = first; t <= pos; t++) {
+            load_row(v_cache, (slot_of(table, t, bs) * KVH + g) * hd, hd, bf16, kv);
+            for (long j = 0; j < group; j++) axpy_f32(o + j * hd, scores[j * len + t - first], kv, hd);
+        }
+        for (long j = 0; j < group; j++)
+            for (long i = 0; i < hd; i++) store_act(out, (d * H + g * group + j) * hd + i, o[j * hd + i], bf16);
+    }
+    return 0;
+}

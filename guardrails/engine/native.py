@@ -1,0 +1,209 @@
+"""The engine's native decode kernels (``kernels.c``: small-batch GEMV on bf16 weights with a fused RMS norm, SwiGLU or
+residual; attention of single-token decodes over the paged KV cache), built on first use.
+
+The C file is compiled once with the system C compiler (``$CC``, else ``cc``) into the engine cache
+(``~/.cache/guardrails/engine/kernels-<hash>.so``, keyed by the source, the compiler and the flags) and loaded with
+ctypes. Anything that goes wrong (no compiler, a failed build, ``GUARDRAILS_NATIVE=0``) leaves :func:`gemv` unavailable,
+and the engine uses PyTorch's kernels instead: slower at batch 1 on bf16 weights, never wrong.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from functools import cache
+from pathlib import Path
+
+import torch
+
+__all__ = ["MAX_ROWS", "attn_decode", "available", "gemv"]
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 4  # activation rows the kernel takes (decode batches up to 4)
+_SOURCE = Path(__file__).with_name("kernels.c")
+_FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-std=c11"]
+_LIBS = ["-lm"]
+_local = threading.local()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("GUARDRAILS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "guardrails")
+    return Path(root) / "engine"
+
+
+def _build() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        raise OSError(f"no C compiler ({compiler!r} not found)")
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + compiler.encode() + " ".join(_FLAGS).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"kernels-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # build aside, then rename: no half-written .so
+            out = Path(tmp) / target.name
+            proc = subprocess.run(
+                [compiler, *_FLAGS, str(_SOURCE), "-o", str(out), *_LIBS], capture_output=True, text=True, timeout=120
+            )
+            if proc.returncode:
+                raise OSError(f"{compiler} failed: {proc.stderr.strip()[-2000:]}")
+            os.replace(out, target)
+    lib = ctypes.CDLL(str(target))
+    lib.gr_isa.restype = ctypes.c_int
+    p, n, i, f = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
+    lib.gr_gemv_bf16.argtypes = [p, p, p, p, p, p, n, n, n, i, i, p, f, i, i]
+    lib.gr_gemv_bf16.restype = ctypes.c_int
+    lib.gr_attn_decode.argtypes = [p, p, p, p, p, p, p, n, p, p, p, n, n, n, n, n, n, i, n, f, i, f, i, i]
+    lib.gr_attn_decode.restype = ctypes.c_int
+    return lib
+
+
+@cache
+def _lib() -> tuple[ctypes.CDLL, int] | None:
+    if os.environ.get("GUARDRAILS_NATIVE", "1") == "0":
+        return None
+    try:
+        lib = _build()
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("engine: native GEMV unavailable, using PyTorch's kernels (%s)", exc)
+        return None
+    return lib, lib.gr_isa()
+
+
+def available() -> bool:
+    """Whether the native kernel is built and loaded (builds it on the first call)."""
+    return _lib() is not None
+
+
+def _scratch(n: int) -> torch.Tensor:
+    scratch = getattr(_local, "scratch", None)
+    if scratch is None or scratch.numel() < n:
+        scratch = _local.scratch = torch.empty(max(n, 1 << 16), dtype=torch.float32)
+    return scratch
+
+
+def _acts_ok(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    return x.dtype in (torch.float32, torch.bfloat16) and all(t is None or t.dtype == x.dtype for t in others)
+
+
+def gemv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None = None,
+    *,
+    norm: tuple[torch.Tensor, float] | None = None,
+    swiglu: bool = False,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """``prep(x) @ w.T + b (+ residual)`` for bf16 ``w`` [N, K] and 1..4 rows of fp32 or bf16 ``x`` on the CPU, in
+    x's dtype. ``prep``: an RMS norm ``(weight, eps)`` of x, or SwiGLU (x [M, 2K] is gate then up), or nothing.
+    None when the kernel cannot take these tensors (the caller falls back)."""
+    loaded = _lib()
+    norm_w = None if norm is None else norm[0]
+    if (
+        loaded is None
+        or not 1 <= x.shape[0] <= MAX_ROWS
+        or w.dtype != torch.bfloat16
+        or x.device.type != "cpu"
+        or not w.is_contiguous()
+        or not _acts_ok(x, b, norm_w, residual)
+    ):
+        return None
+    lib, isa = loaded
+    m, (n, k) = x.shape[0], w.shape
+    x = x.contiguous()
+    y = torch.empty((m, n), dtype=x.dtype)
+    lib.gr_gemv_bf16(
+        x.data_ptr(),
+        w.data_ptr(),
+        None if b is None else b.contiguous().data_ptr(),
+        None if residual is None else residual.contiguous().data_ptr(),
+        y.data_ptr(),
+        _scratch(m * (k + n)).data_ptr(),
+        m,
+        n,
+        k,
+        x.dtype == torch.bfloat16,
+        1 if norm is not None else 2 if swiglu else 0,
+        None if norm_w is None else norm_w.contiguous().data_ptr(),
+        0.0 if norm is None else norm[1],
+        torch.get_num_threads(),
+        isa,
+    )
+    return y
+
+
+def attn_decode(
+    qkv: torch.Tensor,  # [D, (H + 2 KVH) hd]
+    cache: tuple[torch.Tensor, torch.Tensor],  # [blocks, block_size, KVH, hd] each
+    tables: torch.Tensor,  # [D, width] block ids
+    positions: torch.Tensor,  # [D]
+    *,
+    heads: int,
+    kv_heads: int,
+    rope: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin [D, 1, hd] fp32 (sin's first half negated)
+    l2_eps: float | None,  # Llama 4's weightless norm of q and k after RoPE
+    temperature: torch.Tensor | None,  # [D] fp32: NoPE query scale
+    window: tuple[str, int] | None,
+    scale: float,
+) -> torch.Tensor | None:
+    """Attention output [D, H * hd] for D single-token decodes, writing their keys and values into the cache; None
+    when the kernel cannot take these tensors (the caller falls back)."""
+    loaded = _lib()
+    k_cache, v_cache = cache
+    hd = k_cache.shape[-1]
+    if (
+        loaded is None
+        or qkv.device.type != "cpu"
+        or hd > 512
+        or heads % kv_heads
+        or not _acts_ok(qkv, k_cache, v_cache)
+        or not (k_cache.is_contiguous() and v_cache.is_contiguous())
+    ):
+        return None
+    lib = loaded[0]
+    d, bs = qkv.shape[0], k_cache.shape[1]
+    tables = tables.to(torch.int64).contiguous()
+    positions = positions.to(torch.int64).contiguous()
+    threads = torch.get_num_threads()
+    per_task = heads // kv_heads * (2 * hd + tables.shape[1] * bs) + hd
+    scratch = _scratch(max(threads, 1) * per_task)
+    out = torch.empty((d, heads * hd), dtype=qkv.dtype)
+    cos, sin = (None, None) if rope is None else (rope[0].contiguous(), rope[1].contiguous())
+    kind, size = (0, 0) if window is None else (1 if window[0] == "chunk" else 2, window[1])  # as key_mask reads it
+    status = lib.gr_attn_decode(
+        qkv.contiguous().data_ptr(),
+        None if cos is None else cos.data_ptr(),
+        None if sin is None else sin.data_ptr(),
+        None if temperature is None else temperature.float().contiguous().data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        tables.data_ptr(),
+        tables.shape[1],
+        positions.data_ptr(),
+        out.data_ptr(),
+        scratch.data_ptr(),
+        scratch.numel(),
+        d,
+        heads,
+        kv_heads,
+        hd,
+        bs,
+        kind,
+        size,
+        scale,
+        l2_eps is not None,
+        0.0 if l2_eps is None else l2_eps,
+        qkv.dtype == torch.bfloat16,
+        threads,
+    )
+    if status:
+        raise RuntimeError(f"gr_attn_decode failed ({status})")
+    return out

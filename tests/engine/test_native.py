@@ -1,0 +1,192 @@
+"""The native decode kernels (``kernels.c``) against the PyTorch code they replace, and the fallback without them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from engine_checkpoints import FAMILIES
+
+from guardrails.engine import EngineCore, ModelConfig, SamplingParams, load_model, native
+from guardrails.engine import core as core_module
+from guardrails.engine.attention import Batch
+from guardrails.engine.model import Attention, RMSNorm, rope_frequencies
+from guardrails.engine.sequence import Sequence
+
+needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernels are not built")
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def tolerance(dtype: torch.dtype) -> dict:
+    # bf16 outputs are rounded to 8 significant bits; fp32 ones differ from float64 by summation order only
+    return dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-4, rtol=1e-4)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize(("n", "k"), [(37, 61), (64, 576), (5, 3), (9, 16)])
+@pytest.mark.parametrize("prep", ["none", "norm", "swiglu"])
+def test_gemv_matches_the_pytorch_ops_it_fuses(dtype, rows, n, k, prep):
+    gen = torch.Generator().manual_seed(n * 1000 + k * 10 + rows)
+    w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+    b = torch.randn(n, generator=gen).to(dtype)
+    residual = torch.randn(rows, n, generator=gen).to(dtype)
+    x = torch.randn(rows, 2 * k if prep == "swiglu" else k, generator=gen).to(dtype)
+    norm = RMSNorm(k, 1e-5)
+    norm.weight.data = (torch.rand(k, generator=gen) + 0.5).to(dtype)
+    if prep == "norm":
+        expected_in = norm(x)
+    elif prep == "swiglu":
+        gate, up = x.chunk(2, dim=-1)
+        expected_in = F.silu(gate) * up
+    else:
+        expected_in = x
+    expected = (expected_in.double() @ w.double().T + b.double()).to(dtype)  # the projection, rounded as F.linear's
+    expected = (residual.double() + expected.double()).to(dtype)
+    got = native.gemv(
+        x, w, b, norm=(norm.weight, norm.eps) if prep == "norm" else None, swiglu=prep == "swiglu", residual=residual
+    )
+    assert got is not None and got.dtype == dtype and got.shape == (rows, n)
+    torch.testing.assert_close(got, expected, **tolerance(dtype))
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [2, 3])
+def test_gemv_splits_large_weights_across_threads(threads):
+    """Above 64K weights the rows are split over OpenMP threads; every row is still computed once."""
+    gen, before = torch.Generator().manual_seed(threads), torch.get_num_threads()
+    w, x = torch.randn(301, 577, generator=gen).to(torch.bfloat16), torch.randn(2, 577, generator=gen)
+    torch.set_num_threads(threads)
+    try:
+        got = native.gemv(x, w)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(got, (x.double() @ w.double().T).float(), **tolerance(torch.float32))
+
+
+@needs_native
+def test_gemv_declines_what_it_cannot_take():
+    w = torch.randn(8, 16).to(torch.bfloat16)
+    assert native.gemv(torch.randn(5, 16), w) is None  # more rows than a decode batch
+    assert native.gemv(torch.randn(1, 16), w.float()) is None  # fp32 weights: F.linear is already at bandwidth
+    assert native.gemv(torch.randn(1, 16).half(), w) is None
+    assert native.gemv(torch.randn(1, 16), w, torch.randn(8).to(torch.bfloat16)) is None  # mixed activation dtypes
+    assert native.gemv(torch.randn(1, 16), w.t().contiguous().t()) is None  # a transposed view
+
+
+ATTENTION = {
+    "llama_gqa": dict(num_heads=4, num_kv_heads=2),
+    "llama4_rope_chunk_l2": dict(num_heads=4, num_kv_heads=1, qk_norm="l2", attn_windows=(("chunk", 8),)),
+    "llama4_nope_temperature": dict(num_heads=2, num_kv_heads=2, rope_layers=(False,), attn_temperature=(0.5, 4.0)),
+    "sliding_window": dict(num_heads=2, num_kv_heads=1, attn_windows=(("window", 5),)),
+}
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ATTENTION)
+def test_decode_attention_matches_the_pytorch_path(kind, dtype):
+    """Three decodes at different positions over a paged cache: same outputs and same cache writes."""
+    cfg = ModelConfig(
+        family="llama", vocab_size=32, hidden_size=32, num_layers=1, head_dim=16, intermediate_size=64,
+        **ATTENTION[kind],
+    )
+    attn = Attention(cfg, 0).to(dtype)
+    gen = torch.Generator().manual_seed(7)
+    block_size, positions = 4, [0, 9, 22]
+    shape = (16, block_size, cfg.num_kv_heads, cfg.head_dim)
+    k_cache, v_cache = torch.randn(shape, generator=gen).to(dtype), torch.randn(shape, generator=gen).to(dtype)
+    tables = [[3], [5, 1, 12], [2, 4, 6, 7, 8, 9]]  # non-contiguous blocks, padded below
+    width = max(map(len, tables))
+    batch = Batch(
+        positions=torch.tensor(positions),
+        slots=torch.tensor([t[p // block_size] * block_size + p % block_size for t, p in zip(tables, positions)]),
+        num_single=3,
+        single_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables]),
+        segments=[],
+    )
+    freqs = batch.positions[:, None].float() * rope_frequencies(cfg)
+    batch.cos = torch.cat((freqs, freqs), dim=-1).cos()[:, None]
+    batch.sin = torch.cat((-freqs, freqs), dim=-1).sin()[:, None]
+    if cfg.attn_temperature is not None:
+        scale, floor = cfg.attn_temperature
+        batch.temperature = torch.log1p(torch.floor((batch.positions.float() + 1) / floor)) * scale + 1
+    qkv = torch.randn(3, (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim, generator=gen).to(dtype)
+    ours = (k_cache.clone(), v_cache.clone())
+    theirs = (k_cache.clone(), v_cache.clone())
+    got = attn.decode(qkv, batch, ours)
+    expected = attn.attend(qkv, batch, theirs).view(3, -1)
+    assert got is not None
+    torch.testing.assert_close(got, expected, **tolerance(dtype))
+    torch.testing.assert_close(ours[0], theirs[0], **tolerance(dtype))  # RoPE'd (and normed) keys
+    torch.testing.assert_close(ours[1], theirs[1], atol=0, rtol=0)  # values, copied
+
+
+@pytest.fixture
+def without_native(monkeypatch, tmp_path):
+    """The kernels as on a machine without a C compiler."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("GUARDRAILS_CACHE", str(tmp_path / "cache"))
+    native._lib.cache_clear()
+    yield
+    native._lib.cache_clear()
+
+
+def decode_logits(model, prompt: list[int], forced: list[int], monkeypatch) -> list[torch.Tensor]:
+    """Logits of each step of one request whose next tokens are ``forced`` (so both paths see the same tokens)."""
+    seen, queue = [], list(forced)
+
+    def record(logits, *args):
+        seen.append(logits.clone())
+        return [queue.pop(0)]
+
+    monkeypatch.setattr(core_module, "sample", record)
+    core = EngineCore(model, block_size=4, kv_cache_tokens=256)
+    core.add(Sequence(prompt, SamplingParams(max_tokens=len(forced), ignore_eos=True)))
+    core.run_until_done()
+    monkeypatch.undo()
+    return seen
+
+
+@needs_native
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_decode_through_the_kernels_matches_pytorch(family, checkpoints, request, monkeypatch):
+    """Every family in bf16, native kernels against the PyTorch path: the logits of 12 decode steps agree."""
+    model = load_model(checkpoints(family), dtype=torch.bfloat16)
+    prompt, forced = list(range(5, 26)), [7, 19, 3, 44, 101, 12, 9, 250, 31, 8, 77, 5, 60]
+    ours = decode_logits(model, prompt, forced, monkeypatch)
+    request.getfixturevalue("without_native")
+    assert not native.available()
+    theirs = decode_logits(model, prompt, forced, monkeypatch)
+    assert len(ours) == len(theirs) == len(forced)
+    for a, b in zip(ours, theirs, strict=True):
+        spread = b.abs().max()
+        assert spread > 0.5
+        assert (a - b).abs().max() <= 0.05 * spread  # bf16 rounding, not a wrong formula
+
+
+def test_without_a_compiler_the_engine_uses_pytorch(without_native, checkpoints):
+    assert not native.available()
+    assert native.gemv(torch.randn(1, 16), torch.randn(8, 16).to(torch.bfloat16)) is None
+    model = load_model(checkpoints("llama"), dtype=torch.bfloat16)
+    core = EngineCore(model, block_size=4, kv_cache_tokens=256)
+    seq = Sequence(list(range(5, 15)), SamplingParams(max_tokens=6, ignore_eos=True))
+    core.add(seq)
+    core.run_until_done()
+    assert len(seq.output_ids) == 6
+
+
+@needs_native
+def test_the_build_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("GUARDRAILS_CACHE", str(tmp_path))
+    native._lib.cache_clear()
+    try:
+        assert native.available()
+        (built,) = (tmp_path / "engine").glob("kernels-*.so")
+        stamp = built.stat().st_mtime_ns
+        native._lib.cache_clear()
+        assert native.available() and built.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    finally:
+        monkeypatch.undo()
+        native._lib.cache_clear()
