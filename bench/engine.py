@@ -12,10 +12,10 @@ Measures, each engine/transformers pair in the same process, interleaved:
     8 per left-padded batch, run to the longest output;
   - batch-1 decode (engine steps only, after prefill) against the memory-bandwidth roofline: bytes of weights read
     per token (all dense weights and the LM head; for MoE layers the router, the shared expert and top-k experts)
-    over the bandwidth measured here (sum of a 512 MB tensor); with bf16 weights, and with fp32 weights for
-    comparison.
+    over the bandwidth measured here (sum of a 512 MB tensor); with bf16 weights through the native decode kernels
+    (``guardrails/engine/kernels.c``), the same without them (PyTorch's kernels), and fp32 weights.
 
-    python bench/engine.py [--model smollm2|moe|all] [--threads N] [--quick]
+    python bench/engine.py [--model smollm2|moe|all] [--threads N] [--quick] [--roofline-only]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from guardrails.engine import Engine, SamplingParams  # noqa: E402
+from guardrails.engine import Engine, SamplingParams, native  # noqa: E402
 from guardrails.engine.sequence import Sequence  # noqa: E402
 
 # Per model: new tokens for the throughput runs, (min, max) prompt and output lengths of the mixed workload. The MoE's
@@ -209,13 +209,20 @@ def decode_rate(engine: Engine, vocab: int, steps: int = 48) -> float:
     return 1 / statistics.median(times)
 
 
-def bench(name: str, path: Path, quick: bool) -> dict:
+def bench(name: str, path: Path, quick: bool, roofline_only: bool = False) -> dict:
+    results = {"model": name}
+    if not roofline_only:
+        results |= versus_transformers(name, path, quick)
+    return results | roofline(name, path)
+
+
+def versus_transformers(name: str, path: Path, quick: bool) -> dict:
     engine = Engine.from_pretrained(path, dtype=torch.bfloat16, kv_cache_tokens=16384, max_num_batched_tokens=512)
     hf, vocab = hf_model(path), engine.model.cfg.vocab_size
     engine_generate(engine, prompts(2, 32, vocab, 0), 4)  # warm up both
     hf_generate(hf, prompts(2, 32, vocab, 0), 4)
     repeats, spec = 1 if quick else 3, SPECS[name]
-    results = {"model": name}
+    results = {}
     for batch in (1, 8):
         ours, theirs = throughput(engine, hf, vocab, batch, spec["new_tokens"], repeats)
         results[f"batch{batch}"] = {
@@ -243,12 +250,24 @@ def bench(name: str, path: Path, quick: bool) -> dict:
         flush=True,
     )
     engine.close()
-    # bf16 weights (what the rows above ran) and, for comparison, fp32 weights: on a CPU without native bf16 dot
-    # products PyTorch's bf16 GEMV is bound by the conversion, not by memory, so fp32 decodes as fast per token.
-    for label, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+    return results
+
+
+def roofline(name: str, path: Path) -> dict:
+    """Batch-1 decode against the roofline: bf16 weights through the native kernels, the same without them
+    (PyTorch's kernels, as on a machine without a C compiler), and fp32 weights."""
+    results = {}
+    runs = (
+        ("bf16", torch.bfloat16, True),
+        ("bf16_pytorch_kernels", torch.bfloat16, False),
+        ("fp32", torch.float32, True),
+    )
+    for label, dtype, use_native in runs:
+        os.environ["GUARDRAILS_NATIVE"] = "1" if use_native else "0"
+        native._lib.cache_clear()
         engine = Engine.from_pretrained(path, dtype=dtype)
         bw, per_token = bandwidth(), bytes_per_token(engine)
-        rate = decode_rate(engine, vocab)
+        rate = decode_rate(engine, engine.model.cfg.vocab_size)
         roof = bw / per_token
         results[f"roofline_{label}"] = {
             "bandwidth_gb_s": round(bw / 1e9, 1),
@@ -263,6 +282,8 @@ def bench(name: str, path: Path, quick: bool) -> dict:
             flush=True,
         )
         engine.close()
+    os.environ.pop("GUARDRAILS_NATIVE", None)
+    native._lib.cache_clear()
     return results
 
 
@@ -273,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch threads for both (default 1: steadiest on a shared machine)"
     )
     parser.add_argument("--quick", action="store_true", help="one repeat, 12 requests")
+    parser.add_argument("--roofline-only", action="store_true", help="only batch-1 decode against the roofline")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -283,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     models = {"smollm2": smollm2, "moe": random_moe}
     chosen = list(models) if args.model == "all" else [args.model]
-    results = [bench(name, models[name](), args.quick) for name in chosen]
+    results = [bench(name, models[name](), args.quick, args.roofline_only) for name in chosen]
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

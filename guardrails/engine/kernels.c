@@ -1,14 +1,20 @@
-/* Small-batch GEMV for bf16 weights: y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]), for m < 4.
+/* The engine's native decode kernels (x86-64; elsewhere the build fails and PyTorch's kernels are used).
  *
- * Decoding one token reads every weight once and does two flops per weight, so it is bound by memory bandwidth, not
- * arithmetic. PyTorch's CPU bf16 GEMV does not stream weights at the machine's bandwidth (about a third of it here),
- * so this kernel does the one thing that matters: stream each weight row once, widen bf16 to fp32 with a shift
- * (bf16 is the top half of an fp32), and accumulate in fp32 with FMAs, four weight rows at a time, prefetching
- * ahead. Activations and outputs are fp32 or bf16 (round to nearest even), as the caller's tensors are.
+ * gr_gemv_bf16: y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]) (+ residual[m, n]) for 1 <= m <= 16 rows and bf16
+ * weights, with an optional RMS norm or SwiGLU applied to x on the way in. Decoding one token reads every weight once
+ * and does two flops per weight, so it is bound by memory bandwidth, not arithmetic. PyTorch's CPU bf16 GEMV does
+ * not stream weights at the machine's bandwidth (about a third of it here), so this kernel does the one thing that
+ * matters: stream each weight row once, widen bf16 to fp32 with a shift (bf16 is the top half of an fp32), and
+ * accumulate in fp32 with FMAs, several weight rows at a time, prefetching ahead. Fusing the norm, the SwiGLU and the
+ * residual saves the half-dozen small PyTorch ops around each projection (a few microseconds each, 30 layers).
  *
- * Built once by native.py with the system C compiler; AVX-512 and AVX2 versions are selected at run time, with a
- * portable C version underneath. Rows are split across OpenMP threads (the process's OpenMP runtime: PyTorch's
- * libgomp is already loaded under the same soname).
+ * gr_attn_decode: RoPE, KV-cache write and attention of single-token decodes over the paged cache, in one call
+ * instead of a dozen PyTorch ops per layer.
+ *
+ * Activations are fp32 or bf16 (round to nearest even, at the same points as the PyTorch code). Built once by
+ * native.py with the system C compiler; AVX-512 and AVX2 versions are selected at run time, with a portable C
+ * version underneath. Work is split across OpenMP threads (the process's OpenMP runtime: PyTorch's libgomp is
+ * already loaded under the same soname).
  */
 #include <immintrin.h>
 #include <math.h>
@@ -18,14 +24,17 @@
 #include <stdint.h>
 #include <string.h>
 
-#define MAX_M 4
+#define MAX_M 16
 /* Software prefetch, AHEAD weight rows ahead (two blocks of four): measured here, one thread streaming 256 MB of
  * weights, it lifts the kernel from ~0.6 to ~0.9 of the bandwidth of a plain sum; the hardware prefetcher alone
  * does not keep enough lines in flight for four interleaved rows. A prefetch past the end of w never faults. */
 #define AHEAD 8
+/* From this many activation rows on, the dpbf16 kernel (where the CPU has it) beats the widening one. */
+#define DPBF16_ROWS 2
 
 typedef struct {
-    const float *x;   /* [M, K] fp32 (converted from bf16 by the caller of the row kernels) */
+    const float *x;    /* [M, K] fp32 (converted from bf16 by the caller of the row kernels) */
+    const uint16_t *xb; /* [M, K] the same in bf16 (dpbf16 kernels only) */
     const uint16_t *w; /* [N, K] bf16 */
     long M, N, K;
 } Problem;
@@ -73,27 +82,27 @@ __attribute__((target("avx2,fma"))) static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-#define ROWS_AVX2(MM)                                                                                              \
+#define ROWS_AVX2(MM, RR)                                                                                            \
     __attribute__((target("avx2,fma"))) static void rows_avx2_##MM(const Problem *p, long n0, long n1, float *acc) { \
         const long K = p->K, N = p->N, k8 = K & ~7L;                                                              \
         long n = n0;                                                                                              \
-        for (; n + 4 <= n1; n += 4) {                                                                             \
-            __m256 a[MM][4];                                                                                      \
+        for (; n + RR <= n1; n += RR) {                                                                             \
+            __m256 a[MM][RR];                                                                                      \
             for (int m = 0; m < MM; m++)                                                                          \
-                for (int r = 0; r < 4; r++) a[m][r] = _mm256_setzero_ps();                                        \
+                for (int r = 0; r < RR; r++) a[m][r] = _mm256_setzero_ps();                                        \
             const uint16_t *w0 = p->w + n * K;                                                                    \
             for (long k = 0; k < k8; k += 8) {                                                                    \
                 if (!(k & 31))                                                                                    \
-                    for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(w0 + (r + AHEAD) * K + k), _MM_HINT_T0); \
-                __m256 w[4];                                                                                      \
-                for (int r = 0; r < 4; r++) w[r] = load8_bf16(w0 + r * K + k);                                   \
+                    for (int r = 0; r < RR; r++) _mm_prefetch((const char *)(w0 + (r + AHEAD) * K + k), _MM_HINT_T0); \
+                __m256 w[RR];                                                                                      \
+                for (int r = 0; r < RR; r++) w[r] = load8_bf16(w0 + r * K + k);                                   \
                 for (int m = 0; m < MM; m++) {                                                                    \
                     __m256 xv = _mm256_loadu_ps(p->x + m * K + k);                                                \
-                    for (int r = 0; r < 4; r++) a[m][r] = _mm256_fmadd_ps(w[r], xv, a[m][r]);                     \
+                    for (int r = 0; r < RR; r++) a[m][r] = _mm256_fmadd_ps(w[r], xv, a[m][r]);                     \
                 }                                                                                                 \
             }                                                                                                     \
             for (int m = 0; m < MM; m++)                                                                          \
-                for (int r = 0; r < 4; r++) {                                                                     \
+                for (int r = 0; r < RR; r++) {                                                                     \
                     float s = hsum8(a[m][r]);                                                                     \
                     for (long k = k8; k < K; k++) s += p->x[m * K + k] * bf16_to_f32(w0[r * K + k]);              \
                     acc[m * N + n + r] = s;                                                                       \
@@ -101,10 +110,23 @@ __attribute__((target("avx2,fma"))) static inline float hsum8(__m256 v) {
         }                                                                                                         \
         if (n < n1) rows_c(p, n, n1, acc);                                                                        \
     }
-ROWS_AVX2(1)
-ROWS_AVX2(2)
-ROWS_AVX2(3)
-ROWS_AVX2(4)
+/* Accumulators: MM x RR of the 16 ymm registers (plus RR weights and one x). */
+ROWS_AVX2(1, 4)
+ROWS_AVX2(2, 4)
+ROWS_AVX2(3, 2)
+ROWS_AVX2(4, 2)
+ROWS_AVX2(5, 2)
+ROWS_AVX2(6, 2)
+ROWS_AVX2(7, 1)
+ROWS_AVX2(8, 1)
+ROWS_AVX2(9, 1)
+ROWS_AVX2(10, 1)
+ROWS_AVX2(11, 1)
+ROWS_AVX2(12, 1)
+ROWS_AVX2(13, 1)
+ROWS_AVX2(14, 1)
+ROWS_AVX2(15, 1)
+ROWS_AVX2(16, 1)
 
 /* ---- AVX-512: 16 lanes, masked tail ------------------------------------------------------------------------------ */
 
@@ -113,58 +135,137 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static inline __m512 load16
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-#define ROWS_AVX512(MM)                                                                                             \
+#define ROWS_AVX512(MM, RR)                                                                                           \
     __attribute__((target("avx512f,avx512bw,avx512vl"))) static void rows_avx512_##MM(const Problem *p, long n0,   \
                                                                                       long n1, float *acc) {      \
         const long K = p->K, N = p->N, k16 = K & ~15L;                                                            \
         const __mmask16 tail = (__mmask16)((1u << (K - k16)) - 1u);                                               \
         long n = n0;                                                                                              \
-        for (; n + 4 <= n1; n += 4) {                                                                             \
-            __m512 a[MM][4];                                                                                      \
+        for (; n + RR <= n1; n += RR) {                                                                             \
+            __m512 a[MM][RR];                                                                                      \
             for (int m = 0; m < MM; m++)                                                                          \
-                for (int r = 0; r < 4; r++) a[m][r] = _mm512_setzero_ps();                                        \
+                for (int r = 0; r < RR; r++) a[m][r] = _mm512_setzero_ps();                                        \
             const uint16_t *w0 = p->w + n * K;                                                                    \
             for (long k = 0; k < k16; k += 16) {                                                                  \
                 if (!(k & 31))                                                                                    \
-                    for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(w0 + (r + AHEAD) * K + k), _MM_HINT_T0); \
-                __m512 w[4];                                                                                      \
-                for (int r = 0; r < 4; r++) w[r] = load16_bf16(w0 + r * K + k, 0xffff);                          \
+                    for (int r = 0; r < RR; r++) _mm_prefetch((const char *)(w0 + (r + AHEAD) * K + k), _MM_HINT_T0); \
+                __m512 w[RR];                                                                                      \
+                for (int r = 0; r < RR; r++) w[r] = load16_bf16(w0 + r * K + k, 0xffff);                          \
                 for (int m = 0; m < MM; m++) {                                                                    \
                     __m512 xv = _mm512_loadu_ps(p->x + m * K + k);                                                \
-                    for (int r = 0; r < 4; r++) a[m][r] = _mm512_fmadd_ps(w[r], xv, a[m][r]);                     \
+                    for (int r = 0; r < RR; r++) a[m][r] = _mm512_fmadd_ps(w[r], xv, a[m][r]);                     \
                 }                                                                                                 \
             }                                                                                                     \
             if (tail) {                                                                                           \
-                __m512 w[4];                                                                                      \
-                for (int r = 0; r < 4; r++) w[r] = load16_bf16(w0 + r * K + k16, tail);                           \
+                __m512 w[RR];                                                                                      \
+                for (int r = 0; r < RR; r++) w[r] = load16_bf16(w0 + r * K + k16, tail);                           \
                 for (int m = 0; m < MM; m++) {                                                                    \
                     __m512 xv = _mm512_maskz_loadu_ps(tail, p->x + m * K + k16);                                  \
-                    for (int r = 0; r < 4; r++) a[m][r] = _mm512_fmadd_ps(w[r], xv, a[m][r]);                     \
+                    for (int r = 0; r < RR; r++) a[m][r] = _mm512_fmadd_ps(w[r], xv, a[m][r]);                     \
                 }                                                                                                 \
             }                                                                                                     \
             for (int m = 0; m < MM; m++)                                                                          \
-                for (int r = 0; r < 4; r++) acc[m * N + n + r] = _mm512_reduce_add_ps(a[m][r]);                   \
+                for (int r = 0; r < RR; r++) acc[m * N + n + r] = _mm512_reduce_add_ps(a[m][r]);                   \
         }                                                                                                         \
         if (n < n1) rows_c(p, n, n1, acc);                                                                        \
     }
-ROWS_AVX512(1)
-ROWS_AVX512(2)
-ROWS_AVX512(3)
-ROWS_AVX512(4)
+/* Accumulators: MM x RR of the 32 zmm registers (plus RR weights and one x). */
+ROWS_AVX512(1, 4)
+ROWS_AVX512(2, 4)
+ROWS_AVX512(3, 4)
+ROWS_AVX512(4, 4)
+ROWS_AVX512(5, 2)
+ROWS_AVX512(6, 2)
+ROWS_AVX512(7, 2)
+ROWS_AVX512(8, 2)
+ROWS_AVX512(9, 2)
+ROWS_AVX512(10, 2)
+ROWS_AVX512(11, 2)
+ROWS_AVX512(12, 2)
+ROWS_AVX512(13, 1)
+ROWS_AVX512(14, 1)
+ROWS_AVX512(15, 1)
+ROWS_AVX512(16, 1)
+
+/* ---- AVX-512 BF16: bf16 activations, two products per lane per instruction (dpbf16), no widening ------------------
+ * For several activation rows the widening FMA kernel above runs out of arithmetic before memory; VDPBF16PS does 32
+ * multiply-adds of bf16 pairs per instruction straight from the loaded weights. Only for bf16 activations, which
+ * are exactly representable (the caller's x is bf16), so the products are the same; the sums are fp32. */
+
+#define ROWS_DPBF16(MM, RR)                                                                                          \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void rows_dpbf16_##MM(                  \
+        const Problem *p, long n0, long n1, float *acc) {                                                         \
+        const long K = p->K, N = p->N, k32 = K & ~31L;                                                            \
+        const __mmask32 tail = (__mmask32)((K - k32) ? (1u << (K - k32)) - 1u : 0u);                              \
+        const uint16_t *xb = p->xb;                                                                               \
+        long n = n0;                                                                                              \
+        for (; n + RR <= n1; n += RR) {                                                                           \
+            __m512 a[MM][RR];                                                                                     \
+            for (int m = 0; m < MM; m++)                                                                          \
+                for (int r = 0; r < RR; r++) a[m][r] = _mm512_setzero_ps();                                       \
+            const uint16_t *w0 = p->w + n * K;                                                                    \
+            for (long k = 0; k < k32; k += 32) {                                                                  \
+                for (int r = 0; r < RR; r++) _mm_prefetch((const char *)(w0 + (r + AHEAD) * K + k), _MM_HINT_T0); \
+                __m512bh w[RR];                                                                                   \
+                for (int r = 0; r < RR; r++) w[r] = (__m512bh)_mm512_loadu_si512(w0 + r * K + k);                 \
+                for (int m = 0; m < MM; m++) {                                                                    \
+                    __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + m * K + k);                                   \
+                    for (int r = 0; r < RR; r++) a[m][r] = _mm512_dpbf16_ps(a[m][r], w[r], xv);                   \
+                }                                                                                                 \
+            }                                                                                                     \
+            if (tail) {                                                                                           \
+                __m512bh w[RR];                                                                                   \
+                for (int r = 0; r < RR; r++) w[r] = (__m512bh)_mm512_maskz_loadu_epi16(tail, w0 + r * K + k32);   \
+                for (int m = 0; m < MM; m++) {                                                                    \
+                    __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(tail, xb + m * K + k32);                     \
+                    for (int r = 0; r < RR; r++) a[m][r] = _mm512_dpbf16_ps(a[m][r], w[r], xv);                   \
+                }                                                                                                 \
+            }                                                                                                     \
+            for (int m = 0; m < MM; m++)                                                                          \
+                for (int r = 0; r < RR; r++) acc[m * N + n + r] = _mm512_reduce_add_ps(a[m][r]);                  \
+        }                                                                                                         \
+        if (n < n1) rows_c(p, n, n1, acc);                                                                        \
+    }
+/* Accumulators: MM x RR of the 32 zmm registers (plus RR weights and one x). */
+ROWS_DPBF16(1, 4)
+ROWS_DPBF16(2, 4)
+ROWS_DPBF16(3, 4)
+ROWS_DPBF16(4, 4)
+ROWS_DPBF16(5, 2)
+ROWS_DPBF16(6, 2)
+ROWS_DPBF16(7, 2)
+ROWS_DPBF16(8, 2)
+ROWS_DPBF16(9, 2)
+ROWS_DPBF16(10, 2)
+ROWS_DPBF16(11, 2)
+ROWS_DPBF16(12, 2)
+ROWS_DPBF16(13, 1)
+ROWS_DPBF16(14, 1)
+ROWS_DPBF16(15, 1)
+ROWS_DPBF16(16, 1)
 
 typedef void (*RowsFn)(const Problem *, long, long, float *);
 
+#define ALL_M(prefix)                                                                                                \
+    {prefix##1,  prefix##2,  prefix##3,  prefix##4,  prefix##5,  prefix##6,  prefix##7,  prefix##8,                 \
+     prefix##9,  prefix##10, prefix##11, prefix##12, prefix##13, prefix##14, prefix##15, prefix##16}
+
 static RowsFn pick(long M, int isa) {
-    static const RowsFn avx512[MAX_M] = {rows_avx512_1, rows_avx512_2, rows_avx512_3, rows_avx512_4};
-    static const RowsFn avx2[MAX_M] = {rows_avx2_1, rows_avx2_2, rows_avx2_3, rows_avx2_4};
+    static const RowsFn dpbf16[MAX_M] = ALL_M(rows_dpbf16_);
+    static const RowsFn avx512[MAX_M] = ALL_M(rows_avx512_);
+    static const RowsFn avx2[MAX_M] = ALL_M(rows_avx2_);
+    if (isa == 3) return dpbf16[M - 1];
     if (isa == 2) return avx512[M - 1];
     if (isa == 1) return avx2[M - 1];
     return rows_c;
 }
 
-/* 2: AVX-512, 1: AVX2 + FMA, 0: portable C. */
+/* 3: AVX-512 with BF16 dot products, 2: AVX-512, 1: AVX2 + FMA, 0: portable C. */
 int gr_isa(void) {
     __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16"))
+        return 3;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
         return 2;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
@@ -217,14 +318,19 @@ static void prepare_row(const void *x, long m, long K, int bf16, int prep, const
 /* y[M, N] = prep(x)[M, K] @ w[N, K]^T (+ bias[N]) (+ residual[M, N]).
  * Activations (x, norm_w, bias, residual, y) are all bf16 when act_bf16, else all fp32; bias, norm_w and residual
  * may be NULL. The sum is rounded to the activation dtype before the residual is added, as two PyTorch ops would.
- * scratch: fp32 room for M * (K + N) values, from the caller (no large buffers on this thread's stack). isa:
+ * scratch: fp32 room for M * (2 K + N) values, from the caller (no large buffers on this thread's stack). isa:
  * gr_isa()'s answer. Returns 0, or -1 when M is out of range (the caller then uses its own path). */
 int gr_gemv_bf16(const void *x, const uint16_t *w, const void *bias, const void *residual, void *y, float *scratch,
                  long M, long N, long K, int act_bf16, int prep, const void *norm_w, float eps, int threads, int isa) {
     if (M < 1 || M > MAX_M || K < 1 || N < 1) return -1;
     float *xf = scratch, *acc = scratch + M * K;
     for (long m = 0; m < M; m++) prepare_row(x, m, K, act_bf16, prep, norm_w, eps, xf + m * K);
-    Problem p = {xf, w, M, N, K};
+    /* dpbf16 multiplies bf16 activations: exact only when they are bf16 already; one row streams fine either way */
+    if (isa == 3 && (!act_bf16 || M < DPBF16_ROWS)) isa = 2;
+    uint16_t *xb = (uint16_t *)(acc + M * N);
+    if (isa == 3)
+        for (long i = 0; i < M * K; i++) xb[i] = f32_to_bf16(xf[i]);
+    Problem p = {xf, xb, w, M, N, K};
     RowsFn rows = pick(M, isa);
     long blocks = (N + 3) / 4;
     if (threads > 1 && N * K >= (1L << 16)) {

@@ -3,8 +3,9 @@ residual; attention of single-token decodes over the paged KV cache), built on f
 
 The C file is compiled once with the system C compiler (``$CC``, else ``cc``) into the engine cache
 (``~/.cache/guardrails/engine/kernels-<hash>.so``, keyed by the source, the compiler and the flags) and loaded with
-ctypes. Anything that goes wrong (no compiler, a failed build, ``GUARDRAILS_NATIVE=0``) leaves :func:`gemv` unavailable,
-and the engine uses PyTorch's kernels instead: slower at batch 1 on bf16 weights, never wrong.
+ctypes. Anything that goes wrong (no compiler, a failed build, ``GUARDRAILS_NATIVE=0``) leaves the kernels unavailable
+(:func:`gemv` and :func:`attn_decode` return None) and the engine uses PyTorch's kernels instead: slower decoding,
+the same results up to rounding (tests/engine/test_native.py compares the two).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ __all__ = ["MAX_ROWS", "attn_decode", "available", "gemv"]
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS = 4  # activation rows the kernel takes (decode batches up to 4)
+MAX_ROWS = 16  # activation rows the GEMV takes (decode batches up to 16)
 _SOURCE = Path(__file__).with_name("kernels.c")
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-std=c11"]
 _LIBS = ["-lm"]
@@ -72,7 +73,7 @@ def _lib() -> tuple[ctypes.CDLL, int] | None:
     try:
         lib = _build()
     except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("engine: native GEMV unavailable, using PyTorch's kernels (%s)", exc)
+        log.warning("engine: native decode kernels unavailable, using PyTorch's (%s)", exc)
         return None
     return lib, lib.gr_isa()
 
@@ -102,18 +103,17 @@ def gemv(
     swiglu: bool = False,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """``prep(x) @ w.T + b (+ residual)`` for bf16 ``w`` [N, K] and 1..4 rows of fp32 or bf16 ``x`` on the CPU, in
+    """``prep(x) @ w.T + b (+ residual)`` for bf16 ``w`` [N, K] and 1..16 rows of fp32 or bf16 ``x`` on the CPU, in
     x's dtype. ``prep``: an RMS norm ``(weight, eps)`` of x, or SwiGLU (x [M, 2K] is gate then up), or nothing.
     None when the kernel cannot take these tensors (the caller falls back)."""
-    loaded = _lib()
     norm_w = None if norm is None else norm[0]
     if (
-        loaded is None
-        or not 1 <= x.shape[0] <= MAX_ROWS
+        not 1 <= x.shape[0] <= MAX_ROWS
         or w.dtype != torch.bfloat16
         or x.device.type != "cpu"
         or not w.is_contiguous()
         or not _acts_ok(x, b, norm_w, residual)
+        or (loaded := _lib()) is None
     ):
         return None
     lib, isa = loaded
@@ -126,7 +126,7 @@ def gemv(
         None if b is None else b.contiguous().data_ptr(),
         None if residual is None else residual.contiguous().data_ptr(),
         y.data_ptr(),
-        _scratch(m * (k + n)).data_ptr(),
+        _scratch(m * (2 * k + n)).data_ptr(),
         m,
         n,
         k,
@@ -156,16 +156,15 @@ def attn_decode(
 ) -> torch.Tensor | None:
     """Attention output [D, H * hd] for D single-token decodes, writing their keys and values into the cache; None
     when the kernel cannot take these tensors (the caller falls back)."""
-    loaded = _lib()
     k_cache, v_cache = cache
     hd = k_cache.shape[-1]
     if (
-        loaded is None
-        or qkv.device.type != "cpu"
+        qkv.device.type != "cpu"
         or hd > 512
         or heads % kv_heads
         or not _acts_ok(qkv, k_cache, v_cache)
         or not (k_cache.is_contiguous() and v_cache.is_contiguous())
+        or (loaded := _lib()) is None
     ):
         return None
     lib = loaded[0]

@@ -24,7 +24,7 @@ def tolerance(dtype: torch.dtype) -> dict:
 
 @needs_native
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13, 16])
 @pytest.mark.parametrize(("n", "k"), [(37, 61), (64, 576), (5, 3), (9, 16)])
 @pytest.mark.parametrize("prep", ["none", "norm", "swiglu"])
 def test_gemv_matches_the_pytorch_ops_it_fuses(dtype, rows, n, k, prep):
@@ -68,7 +68,7 @@ def test_gemv_splits_large_weights_across_threads(threads):
 @needs_native
 def test_gemv_declines_what_it_cannot_take():
     w = torch.randn(8, 16).to(torch.bfloat16)
-    assert native.gemv(torch.randn(5, 16), w) is None  # more rows than a decode batch
+    assert native.gemv(torch.randn(native.MAX_ROWS + 1, 16), w) is None  # more rows than a decode batch
     assert native.gemv(torch.randn(1, 16), w.float()) is None  # fp32 weights: F.linear is already at bandwidth
     assert native.gemv(torch.randn(1, 16).half(), w) is None
     assert native.gemv(torch.randn(1, 16), w, torch.randn(8).to(torch.bfloat16)) is None  # mixed activation dtypes
