@@ -16,6 +16,8 @@
  * version underneath. Work is split across OpenMP threads (the process's OpenMP runtime: PyTorch's libgomp is
  * already loaded under the same soname).
  */
+#define _GNU_SOURCE
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
 #ifdef _OPENMP
@@ -23,8 +25,13 @@
 #endif
 #include <stdint.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
-#define MAX_M 16
+#define MAX_M 32        /* activation rows: AMX */
+#define MAX_M_VECTOR 16 /* activation rows: the vector kernels */
+/* From this many activation rows on, AMX (where the CPU has it) beats the vector kernels. */
+#define AMX_ROWS 4
 /* Software prefetch, AHEAD weight rows ahead (two blocks of four): measured here, one thread streaming 256 MB of
  * weights, it lifts the kernel from ~0.6 to ~0.9 of the bandwidth of a plain sum; the hardware prefetcher alone
  * does not keep enough lines in flight for four interleaved rows. A prefetch past the end of w never faults. */
@@ -35,6 +42,7 @@
 typedef struct {
     const float *x;    /* [M, K] fp32 (converted from bf16 by the caller of the row kernels) */
     const uint16_t *xb; /* [M, K] the same in bf16 (dpbf16 kernels only) */
+    const uint16_t *xv; /* the same in AMX's layout (AMX kernel only) */
     const uint16_t *w; /* [N, K] bf16 */
     long M, N, K;
 } Problem;
@@ -244,6 +252,81 @@ ROWS_DPBF16(14, 1)
 ROWS_DPBF16(15, 1)
 ROWS_DPBF16(16, 1)
 
+/* ---- AMX: tiles of 16 weight rows x 32 bf16 against up to 32 activation rows ---------------------------------------
+ * C^T[n, m] = W[n, k] x^T[k, m]: the weight tile loads straight from the row-major weights (16 rows, stride K), the
+ * activations are laid out once per call in AMX's pair-interleaved form (xv: [m block][K / 2][16][2]). Two weight
+ * tiles and up to two activation tiles feed four accumulator tiles. Needs K % 32 == 0 and n0, n1 multiples of 16;
+ * bf16 activations (exact in the tile products, like dpbf16). */
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+__attribute__((target("amx-tile,amx-bf16,avx512f"))) static void store_tile(int c, float *buf) {
+    switch (c) { /* tile numbers are immediates */
+    case 0: _tile_stored(0, buf, 64); break;
+    case 1: _tile_stored(1, buf, 64); break;
+    case 2: _tile_stored(2, buf, 64); break;
+    default: _tile_stored(3, buf, 64); break;
+    }
+}
+
+__attribute__((target("amx-tile,amx-bf16,avx512f"))) static void rows_amx(const Problem *p, long n0, long n1,
+                                                                          float *acc) {
+    TileConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    _tile_loadconfig(&cfg);
+    const long M = p->M, N = p->N, K = p->K, half = K / 2;
+    const uint16_t *xv = p->xv;
+    const int two_m = M > 16;
+    float buf[16 * 16] __attribute__((aligned(64)));
+    for (long n = n0; n < n1; n += 32) {
+        const int two_n = n + 32 <= n1;
+        const uint16_t *a0 = p->w + n * K, *a1 = a0 + 16 * K;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (long k = 0; k < K; k += 32) {
+            for (int r = 0; r < 16; r++) { /* each row is its own stream: 32 streams outrun the hardware prefetcher */
+                _mm_prefetch((const char *)(a0 + r * K + k + 128), _MM_HINT_T0);
+                if (two_n) _mm_prefetch((const char *)(a1 + r * K + k + 128), _MM_HINT_T0);
+            }
+            _tile_loadd(4, a0 + k, K * 2);
+            _tile_loadd(6, xv + (k / 2) * 32, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            if (two_m) {
+                _tile_loadd(7, xv + (half + k / 2) * 32, 64);
+                _tile_dpbf16ps(2, 4, 7);
+            }
+            if (two_n) {
+                _tile_loadd(5, a1 + k, K * 2);
+                _tile_dpbf16ps(1, 5, 6);
+                if (two_m) _tile_dpbf16ps(3, 5, 7);
+            }
+        }
+        for (int c = 0; c < 4; c++) {
+            const long nb = n + (c & 1) * 16, mb = (c >> 1) * 16;
+            if ((c & 1 && !two_n) || (mb && !two_m)) continue;
+            store_tile(c, buf);
+            for (long j = 0; j < 16 && mb + j < M; j++)
+                for (int i = 0; i < 16; i++) acc[(mb + j) * N + nb + i] = buf[i * 16 + j];
+        }
+    }
+    _tile_release();
+}
+
+/* Linux hands out the AMX tile state only on request (once per process); 1 when granted. */
+static int amx_permitted(void) {
+    static int granted = -1;
+    if (granted < 0) granted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    return granted;
+}
+
 typedef void (*RowsFn)(const Problem *, long, long, float *);
 
 #define ALL_M(prefix)                                                                                                \
@@ -251,18 +334,23 @@ typedef void (*RowsFn)(const Problem *, long, long, float *);
      prefix##9,  prefix##10, prefix##11, prefix##12, prefix##13, prefix##14, prefix##15, prefix##16}
 
 static RowsFn pick(long M, int isa) {
-    static const RowsFn dpbf16[MAX_M] = ALL_M(rows_dpbf16_);
-    static const RowsFn avx512[MAX_M] = ALL_M(rows_avx512_);
-    static const RowsFn avx2[MAX_M] = ALL_M(rows_avx2_);
+    static const RowsFn dpbf16[MAX_M_VECTOR] = ALL_M(rows_dpbf16_);
+    static const RowsFn avx512[MAX_M_VECTOR] = ALL_M(rows_avx512_);
+    static const RowsFn avx2[MAX_M_VECTOR] = ALL_M(rows_avx2_);
     if (isa == 3) return dpbf16[M - 1];
     if (isa == 2) return avx512[M - 1];
     if (isa == 1) return avx2[M - 1];
     return rows_c;
 }
 
-/* 3: AVX-512 with BF16 dot products, 2: AVX-512, 1: AVX2 + FMA, 0: portable C. */
+/* 4: AMX (+ AVX-512 BF16), 3: AVX-512 with BF16 dot products, 2: AVX-512, 1: AVX2 + FMA, 0: portable C. */
 int gr_isa(void) {
     __builtin_cpu_init();
+    unsigned a, b, c, d;
+    const int amx = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22 & 1) && (d >> 24 & 1); /* AMX-BF16, -TILE */
+    if (amx && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && amx_permitted())
+        return 4;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16"))
         return 3;
@@ -315,42 +403,77 @@ static void prepare_row(const void *x, long m, long K, int bf16, int prep, const
     }
 }
 
+/* The epilogue for bf16 activations, 16 outputs at a time: + bias, round, + residual, round (VCVTNEPS2BF16 rounds to
+ * nearest even, as f32_to_bf16). */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void store_bf16_avx512(
+    const float *acc, const void *bias, const void *residual, void *y, long M, long N) {
+    const uint16_t *b = bias, *r = residual;
+    uint16_t *out = y;
+    for (long m = 0; m < M; m++)
+        for (long n = 0; n < N; n += 16) {
+            const __mmask16 k = N - n >= 16 ? 0xffff : (__mmask16)((1u << (N - n)) - 1u);
+            const long i = m * N + n;
+            __m512 v = _mm512_maskz_loadu_ps(k, acc + i);
+            if (b) v = _mm512_add_ps(v, load16_bf16(b + n, k));
+            if (r) v = _mm512_add_ps(load16_bf16(r + i, k), _mm512_cvtpbh_ps(_mm512_cvtneps_pbh(v)));
+            _mm256_mask_storeu_epi16(out + i, k, (__m256i)_mm512_cvtneps_pbh(v));
+        }
+}
+
 /* y[M, N] = prep(x)[M, K] @ w[N, K]^T (+ bias[N]) (+ residual[M, N]).
- * Activations (x, norm_w, bias, residual, y) are all bf16 when act_bf16, else all fp32; bias, norm_w and residual
- * may be NULL. The sum is rounded to the activation dtype before the residual is added, as two PyTorch ops would.
- * scratch: fp32 room for M * (2 K + N) values, from the caller (no large buffers on this thread's stack). isa:
+ * Activations (x, norm_w, bias, residual, y) are all bf16 when act_bf16, else all fp32, but y is fp32 when out_f32;
+ * bias, norm_w and residual may be NULL. The sum is rounded to the activation dtype before the residual is added, as two PyTorch ops would.
+ * scratch: fp32 room for M * (2 K + N) + 16 K values, from the caller (no large buffers on this thread's stack). isa:
  * gr_isa()'s answer. Returns 0, or -1 when M is out of range (the caller then uses its own path). */
 int gr_gemv_bf16(const void *x, const uint16_t *w, const void *bias, const void *residual, void *y, float *scratch,
-                 long M, long N, long K, int act_bf16, int prep, const void *norm_w, float eps, int threads, int isa) {
+                 long M, long N, long K, int act_bf16, int out_f32, int prep, const void *norm_w, float eps, int threads,
+                 int isa) {
     if (M < 1 || M > MAX_M || K < 1 || N < 1) return -1;
     float *xf = scratch, *acc = scratch + M * K;
     for (long m = 0; m < M; m++) prepare_row(x, m, K, act_bf16, prep, norm_w, eps, xf + m * K);
-    /* dpbf16 multiplies bf16 activations: exact only when they are bf16 already; one row streams fine either way */
-    if (isa == 3 && (!act_bf16 || M < DPBF16_ROWS)) isa = 2;
-    uint16_t *xb = (uint16_t *)(acc + M * N);
+    /* dpbf16 and AMX multiply bf16 activations: exact only when they are bf16 already */
+    if (isa >= 3 && !act_bf16) isa = 2;
+    if (isa == 4 && (K % 32 || N % 16 || M < AMX_ROWS)) isa = 3;
+    if (isa == 3 && M < DPBF16_ROWS) isa = 2;
+    if (isa < 4 && M > MAX_M_VECTOR) return -1; /* only AMX takes this many rows */
+    uint16_t *xb = (uint16_t *)(acc + M * N), *xv = xb + M * K;
     if (isa == 3)
         for (long i = 0; i < M * K; i++) xb[i] = f32_to_bf16(xf[i]);
-    Problem p = {xf, xb, w, M, N, K};
-    RowsFn rows = pick(M, isa);
-    long blocks = (N + 3) / 4;
+    if (isa == 4) { /* xf holds bf16 values here: truncating to the top half is exact */
+        const long blocks = M > 16 ? 2 : 1;
+        const uint32_t *bits = (const uint32_t *)xf;
+        memset(xv, 0, (size_t)(blocks * 16 * K) * sizeof *xv);
+        for (long m = 0; m < M; m++) {
+            uint32_t *pairs = (uint32_t *)(xv + (m / 16) * (K / 2) * 32) + (m % 16); /* one bf16 pair per k / 2 */
+            const uint32_t *row = bits + m * K;
+            for (long kp = 0; kp < K / 2; kp++) pairs[kp * 16] = (row[2 * kp] >> 16) | (row[2 * kp + 1] & 0xffff0000u);
+        }
+    }
+    Problem p = {xf, xb, xv, w, M, N, K};
+    RowsFn rows = isa == 4 ? rows_amx : pick(M, isa);
+    const long unit = isa == 4 ? 32 : 4; /* rows per block: a thread's share is whole blocks */
+    long blocks = (N + unit - 1) / unit;
     if (threads > 1 && N * K >= (1L << 16)) {
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (long t = 0; t < threads; t++) {
             long b0 = blocks * t / threads, b1 = blocks * (t + 1) / threads;
-            long n0 = b0 * 4, n1 = b1 * 4 < N ? b1 * 4 : N;
+            long n0 = b0 * unit, n1 = b1 * unit < N ? b1 * unit : N;
             if (n0 < n1) rows(&p, n0, n1, acc);
         }
     } else {
         rows(&p, 0, N, acc);
     }
-    for (long m = 0; m < M; m++)
-        for (long n = 0; n < N; n++) {
-            long i = m * N + n;
-            float v = acc[i];
-            if (bias) v += load_act(bias, n, act_bf16);
-            if (residual) v = load_act(residual, i, act_bf16) + (act_bf16 ? round_bf16(v) : v);
-            store_act(y, i, v, act_bf16);
-        }
+    if (isa >= 3 && act_bf16 && !out_f32)
+        store_bf16_avx512(acc, bias, residual, y, M, N);
+    else
+        for (long m = 0; m < M; m++)
+            for (long n = 0; n < N; n++) {
+                long i = m * N + n;
+                float v = acc[i];
+                if (bias) v += load_act(bias, n, act_bf16);
+                if (residual) v = load_act(residual, i, act_bf16) + (act_bf16 ? round_bf16(v) : v);
+                store_act(y, i, v, act_bf16 && !out_f32);
+            }
     return 0;
 }
 
@@ -405,10 +528,47 @@ static void load_row(const void *src, long off, long n, int bf16, float *dst) {
     }
 }
 
+/* The score and value loops of one (sequence, kv head) with AVX-512: each key and value row is loaded and widened
+ * once for all the query heads of its group. Needs hd % 16 == 0 and group <= 8. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void attend_avx512(
+    const float *q, long group, long hd, const void *k_cache, const void *v_cache, const int64_t *table, long bs,
+    long KVH, long g, long first, long pos, float scale, int bf16, float *scores, float *o) {
+    const long len = pos + 1 - first;
+    for (long t = first; t <= pos; t++) {
+        const long at = (slot_of(table, t, bs) * KVH + g) * hd;
+        __m512 acc[8];
+        for (long j = 0; j < group; j++) acc[j] = _mm512_setzero_ps();
+        for (long i = 0; i < hd; i += 16) {
+            __m512 kv = bf16 ? load16_bf16((const uint16_t *)k_cache + at + i, 0xffff)
+                             : _mm512_loadu_ps((const float *)k_cache + at + i);
+            for (long j = 0; j < group; j++) acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(q + j * hd + i), kv, acc[j]);
+        }
+        for (long j = 0; j < group; j++) scores[j * len + t - first] = _mm512_reduce_add_ps(acc[j]) * scale;
+    }
+    for (long j = 0; j < group; j++) {
+        float *sj = scores + j * len, best = -INFINITY, total = 0.f;
+        for (long t = 0; t < len; t++) best = sj[t] > best ? sj[t] : best;
+        for (long t = 0; t < len; t++) total += sj[t] = expf(sj[t] - best);
+        for (long t = 0; t < len; t++) sj[t] /= total;
+    }
+    memset(o, 0, (size_t)(group * hd) * sizeof(float));
+    for (long t = first; t <= pos; t++) {
+        const long at = (slot_of(table, t, bs) * KVH + g) * hd;
+        for (long i = 0; i < hd; i += 16) {
+            __m512 vv = bf16 ? load16_bf16((const uint16_t *)v_cache + at + i, 0xffff)
+                             : _mm512_loadu_ps((const float *)v_cache + at + i);
+            for (long j = 0; j < group; j++) {
+                float *oj = o + j * hd + i;
+                _mm512_storeu_ps(oj, _mm512_fmadd_ps(_mm512_set1_ps(scores[j * len + t - first]), vv, _mm512_loadu_ps(oj)));
+            }
+        }
+    }
+}
+
 int gr_attn_decode(const void *qkv, const float *cos, const float *sin, const float *temp, void *k_cache,
                    void *v_cache, const int64_t *tables, long table_width, const int64_t *positions, void *out,
                    float *scratch, long scratch_len, long D, long H, long KVH, long hd, long bs, int window_kind,
-                   long window_size, float scale, int l2, float eps, int bf16, int threads) {
+                   long window_size, float scale, int l2, float eps, int bf16, int threads, int isa) {
     if (hd > 512 || H % KVH) return -1;
     const long group = H / KVH, row = (H + 2 * KVH) * hd;
     long max_len = 0;
@@ -459,6 +619,10 @@ int gr_attn_decode(const void *qkv, const float *cos, const float *sin, const fl
         if (window_kind == 1) first = pos / window_size * window_size;
         if (window_kind == 2 && pos - window_size + 1 > 0) first = pos - window_size + 1;
         const long len = pos + 1 - first;
+        if (isa >= 2 && hd % 16 == 0 && group <= 8) {
+            attend_avx512(q, group, hd, k_cache, v_cache, table, bs, KVH, g, first, pos, scale, bf16, scores, o);
+            goto store;
+        }
         for (long t = first; t <= pos; t++) { /* each key once, for every query head of its group */
             load_row(k_cache, (slot_of(table, t, bs) * KVH + g) * hd, hd, bf16, kv);
             for (long j = 0; j < group; j++) scores[j * len + t - first] = dot_f32(q + j * hd, kv, hd) * scale;
@@ -474,6 +638,7 @@ int gr_attn_decode(const void *qkv, const float *cos, const float *sin, const fl
             load_row(v_cache, (slot_of(table, t, bs) * KVH + g) * hd, hd, bf16, kv);
             for (long j = 0; j < group; j++) axpy_f32(o + j * hd, scores[j * len + t - first], kv, hd);
         }
+    store:
         for (long j = 0; j < group; j++)
             for (long i = 0; i < hd; i++) store_act(out, (d * H + g * group + j) * hd + i, o[j * hd + i], bf16);
     }

@@ -249,4 +249,4 @@ class Transformer(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits [N, V] of the hidden states [N, H] (only the positions that sample)."""
         head = self.embed.weight if self.lm_head is None else self.lm_head
-        return linear(hidden, head, norm=self.norm).float()
+        return linear(hidden, head, norm=self.norm, out_dtype=torch.float32)

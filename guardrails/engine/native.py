@@ -27,7 +27,7 @@ __all__ = ["MAX_ROWS", "attn_decode", "available", "gemv"]
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS = 16  # activation rows the GEMV takes (decode batches up to 16)
+MAX_ROWS = 32  # activation rows the GEMV may take (16 without AMX: it then declines more)
 _SOURCE = Path(__file__).with_name("kernels.c")
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-std=c11"]
 _LIBS = ["-lm"]
@@ -59,9 +59,9 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     lib.gr_isa.restype = ctypes.c_int
     p, n, i, f = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
-    lib.gr_gemv_bf16.argtypes = [p, p, p, p, p, p, n, n, n, i, i, p, f, i, i]
+    lib.gr_gemv_bf16.argtypes = [p, p, p, p, p, p, n, n, n, i, i, i, p, f, i, i]
     lib.gr_gemv_bf16.restype = ctypes.c_int
-    lib.gr_attn_decode.argtypes = [p, p, p, p, p, p, p, n, p, p, p, n, n, n, n, n, n, i, n, f, i, f, i, i]
+    lib.gr_attn_decode.argtypes = [p, p, p, p, p, p, p, n, p, p, p, n, n, n, n, n, n, i, n, f, i, f, i, i, i]
     lib.gr_attn_decode.restype = ctypes.c_int
     return lib
 
@@ -102,10 +102,12 @@ def gemv(
     norm: tuple[torch.Tensor, float] | None = None,
     swiglu: bool = False,
     residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor | None:
-    """``prep(x) @ w.T + b (+ residual)`` for bf16 ``w`` [N, K] and 1..16 rows of fp32 or bf16 ``x`` on the CPU, in
+    """``prep(x) @ w.T + b (+ residual)`` for bf16 ``w`` [N, K] and 1..32 rows (16 without AMX) of fp32 or bf16 ``x`` on the CPU, in
     x's dtype. ``prep``: an RMS norm ``(weight, eps)`` of x, or SwiGLU (x [M, 2K] is gate then up), or nothing.
-    None when the kernel cannot take these tensors (the caller falls back)."""
+    ``out_dtype=torch.float32`` keeps the fp32 sums (logits) instead of rounding them to bf16 activations. None when
+    the kernel cannot take these tensors (the caller falls back)."""
     norm_w = None if norm is None else norm[0]
     if (
         not 1 <= x.shape[0] <= MAX_ROWS
@@ -119,25 +121,27 @@ def gemv(
     lib, isa = loaded
     m, (n, k) = x.shape[0], w.shape
     x = x.contiguous()
-    y = torch.empty((m, n), dtype=x.dtype)
-    lib.gr_gemv_bf16(
+    out_f32 = out_dtype == torch.float32
+    y = torch.empty((m, n), dtype=torch.float32 if out_f32 else x.dtype)
+    status = lib.gr_gemv_bf16(
         x.data_ptr(),
         w.data_ptr(),
         None if b is None else b.contiguous().data_ptr(),
         None if residual is None else residual.contiguous().data_ptr(),
         y.data_ptr(),
-        _scratch(m * (2 * k + n)).data_ptr(),
+        _scratch(m * (2 * k + n) + 16 * k).data_ptr(),
         m,
         n,
         k,
         x.dtype == torch.bfloat16,
+        out_f32,
         1 if norm is not None else 2 if swiglu else 0,
         None if norm_w is None else norm_w.contiguous().data_ptr(),
         0.0 if norm is None else norm[1],
         torch.get_num_threads(),
         isa,
     )
-    return y
+    return y if status == 0 else None
 
 
 def attn_decode(
@@ -167,7 +171,7 @@ def attn_decode(
         or (loaded := _lib()) is None
     ):
         return None
-    lib = loaded[0]
+    lib, isa = loaded
     d, bs = qkv.shape[0], k_cache.shape[1]
     tables = tables.to(torch.int64).contiguous()
     positions = positions.to(torch.int64).contiguous()
@@ -202,6 +206,7 @@ def attn_decode(
         0.0 if l2_eps is None else l2_eps,
         qkv.dtype == torch.bfloat16,
         threads,
+        isa,
     )
     if status:
         raise RuntimeError(f"gr_attn_decode failed ({status})")

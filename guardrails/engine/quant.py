@@ -64,12 +64,20 @@ def linear(
     norm: nn.Module | None = None,
     swiglu: bool = False,
     residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """``residual + prep(x) @ w.T + b`` for x [T, K], w [N, K]; returns x's dtype. ``prep``: the RMSNorm module
-    ``norm``, or SwiGLU when ``swiglu`` (x [T, 2K] holds gate then up), or nothing. The native kernel fuses them."""
+    """``residual + prep(x) @ w.T + b`` for x [T, K], w [N, K]; returns ``out_dtype`` (default x's dtype). ``prep``:
+    the RMSNorm module ``norm``, or SwiGLU when ``swiglu`` (x [T, 2K] holds gate then up), or nothing. The native
+    kernel fuses them."""
     if x.shape[0] <= native.MAX_ROWS and isinstance(w, torch.Tensor) and w.dtype == torch.bfloat16:
         fused = native.gemv(
-            x, w, b, norm=None if norm is None else (norm.weight, norm.eps), swiglu=swiglu, residual=residual
+            x,
+            w,
+            b,
+            norm=None if norm is None else (norm.weight, norm.eps),
+            swiglu=swiglu,
+            residual=residual,
+            out_dtype=out_dtype,
         )
         if fused is not None:
             return fused
@@ -79,7 +87,8 @@ def linear(
         gate, up = x.chunk(2, dim=-1)
         x = F.silu(gate) * up
     y = _linear(x, w, b)
-    return y if residual is None else residual + y
+    y = y if residual is None else residual + y
+    return y if out_dtype is None else y.to(out_dtype)
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor | Int8Weight, b: torch.Tensor | None) -> torch.Tensor:
