@@ -7,7 +7,7 @@ Measures, each engine/transformers pair in the same process, interleaved:
   - decode tokens/s at batch 1 and batch 8 (greedy, 64 new tokens (MoE: 32), equal-length 32-token prompts so
     transformers needs no padding);
   - a mixed workload: 32 requests of varied prompt (16-256 tokens; MoE 16-128) and output (16-128; MoE 8-48) lengths
-    arriving over time (8 per second on average). The engine takes each request as it arrives (continuous
+    arriving over time (8 per second on average; ``--rate``). The engine takes each request as it arrives (continuous
     batching); transformers serves them like a static batching server: whatever has arrived when it is free, up to
     8 per left-padded batch, run to the longest output;
   - batch-1 decode (engine steps only, after prefill) against the memory-bandwidth roofline: bytes of weights read
@@ -129,12 +129,14 @@ def throughput(engine: Engine, hf, vocab: int, batch_size: int, new: int, repeat
     return statistics.median(ours), statistics.median(theirs)
 
 
-def workload(vocab: int, spec: dict, n: int = 32, seed: int = 0) -> list[tuple[float, list[int], int]]:
-    """(arrival time in s, prompt, max new tokens) for ``n`` requests, 8 arriving per second on average."""
+def workload(
+    vocab: int, spec: dict, n: int = 32, rate: float = 8.0, seed: int = 0
+) -> list[tuple[float, list[int], int]]:
+    """(arrival time in s, prompt, max new tokens) for ``n`` requests, ``rate`` arriving per second on average."""
     rng = random.Random(seed)
     out, t = [], 0.0
     for _ in range(n):
-        t += rng.expovariate(8.0)
+        t += rng.expovariate(rate)
         length = rng.randint(*spec["prompt"])
         out.append((t, [rng.randrange(100, vocab) for _ in range(length)], rng.randint(*spec["output"])))
     return out
@@ -209,14 +211,14 @@ def decode_rate(engine: Engine, vocab: int, steps: int = 48) -> float:
     return 1 / statistics.median(times)
 
 
-def bench(name: str, path: Path, quick: bool, roofline_only: bool = False) -> dict:
+def bench(name: str, path: Path, quick: bool, roofline_only: bool = False, rate: float = 8.0) -> dict:
     results = {"model": name}
     if not roofline_only:
-        results |= versus_transformers(name, path, quick)
+        results |= versus_transformers(name, path, quick, rate)
     return results | roofline(name, path)
 
 
-def versus_transformers(name: str, path: Path, quick: bool) -> dict:
+def versus_transformers(name: str, path: Path, quick: bool, rate: float) -> dict:
     engine = Engine.from_pretrained(path, dtype=torch.bfloat16, kv_cache_tokens=16384, max_num_batched_tokens=512)
     hf, vocab = hf_model(path), engine.model.cfg.vocab_size
     engine_generate(engine, prompts(2, 32, vocab, 0), 4)  # warm up both
@@ -234,7 +236,7 @@ def versus_transformers(name: str, path: Path, quick: bool) -> dict:
             f"{name} batch {batch}: engine {ours:.1f} tok/s, transformers {theirs:.1f} tok/s -> {ours / theirs:.2f}x",
             flush=True,
         )
-    requests = workload(vocab, spec, n=12 if quick else 32)
+    requests = workload(vocab, spec, n=12 if quick else 32, rate=rate)
     ours = asyncio.run(engine_workload(engine, requests))
     theirs = hf_workload(hf, requests)
     total = sum(n for _, _, n in requests)
@@ -243,9 +245,11 @@ def versus_transformers(name: str, path: Path, quick: bool) -> dict:
         "transformers_s": round(theirs, 2),
         "ratio": round(theirs / ours, 2),
         "output_tokens": total,
+        "last_arrival_s": round(requests[-1][0], 2),
     }
     print(
-        f"{name} mixed workload ({len(requests)} requests, {total} output tokens): "
+        f"{name} mixed workload ({len(requests)} requests, {total} output tokens, last arrival at "
+        f"{requests[-1][0]:.2f} s): "
         f"engine {ours:.2f} s, transformers {theirs:.2f} s -> {theirs / ours:.2f}x",
         flush=True,
     )
@@ -295,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="one repeat, 12 requests")
     parser.add_argument("--roofline-only", action="store_true", help="only batch-1 decode against the roofline")
+    parser.add_argument("--rate", type=float, default=8.0, help="mixed workload: requests arriving per second")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -305,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     models = {"smollm2": smollm2, "moe": random_moe}
     chosen = list(models) if args.model == "all" else [args.model]
-    results = [bench(name, models[name](), args.quick, args.roofline_only) for name in chosen]
+    results = [bench(name, models[name](), args.quick, args.roofline_only, args.rate) for name in chosen]
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -90,11 +90,8 @@ def _show(number: int, title: str, prompt: str, result: Result, generator: FakeG
 
 def _model_exchange(pipe: Pipeline, number: int, counts: dict[str, int]) -> None:
     """A coding question answered by the default model through the engine, streamed through the guards."""
-    import torch
-
     from guardrails.engine import Engine
 
-    torch.set_num_threads(1)
     prompt = "Write a Python function that reverses a string, with a short explanation."
     print(f"[{number}] a coding question, answered by SmolLM2-135M-Instruct on our engine, streamed through the guards")
     print(f"    user     : {prompt}")

@@ -403,6 +403,61 @@ static void prepare_row(const void *x, long m, long K, int bf16, int prep, const
     }
 }
 
+/* ---- AVX-512 versions of the elementwise steps (bf16 activations) ----------------------------------------------- */
+
+/* Round to the nearest bf16 (ties to even), kept in fp32 lanes; NaN stays NaN. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static inline __m512 round512_bf16(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_and_si512(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)),
+                                       _mm512_set1_epi32((int)0xffff0000u));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_castsi512_ps(r), v);
+}
+
+/* exp(x) to about 1 ulp (Cephes' expf: 2^n times a degree-6 polynomial of the remainder). */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72283935546875f)), _mm512_set1_ps(-103.97207708f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* prepare_row for bf16 activations and K % 16 == 0, 16 lanes at a time (the SwiGLU's exp dominates otherwise). */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void prepare_row_avx512(
+    const uint16_t *x, long m, long K, int prep, const uint16_t *norm_w, float eps, float *xf) {
+    const uint16_t *row = x + m * (prep == 2 ? 2 * K : K);
+    if (prep == 1) {
+        __m512 ss = _mm512_setzero_ps();
+        for (long k = 0; k < K; k += 16) {
+            const __m512 v = load16_bf16(row + k, 0xffff);
+            ss = _mm512_fmadd_ps(v, v, ss);
+        }
+        const __m512 r = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(ss) / K + eps));
+        for (long k = 0; k < K; k += 16) {
+            const __m512 v = round512_bf16(_mm512_mul_ps(load16_bf16(row + k, 0xffff), r));
+            _mm512_storeu_ps(xf + k, round512_bf16(_mm512_mul_ps(v, load16_bf16(norm_w + k, 0xffff))));
+        }
+    } else if (prep == 2) {
+        const __m512 one = _mm512_set1_ps(1.f);
+        for (long k = 0; k < K; k += 16) {
+            const __m512 g = load16_bf16(row + k, 0xffff), u = load16_bf16(row + K + k, 0xffff);
+            const __m512 a = round512_bf16(_mm512_div_ps(g, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), g)))));
+            _mm512_storeu_ps(xf + k, round512_bf16(_mm512_mul_ps(a, u)));
+        }
+    } else {
+        for (long k = 0; k < K; k += 16) _mm512_storeu_ps(xf + k, load16_bf16(row + k, 0xffff));
+    }
+}
+
 /* The epilogue for bf16 activations, 16 outputs at a time: + bias, round, + residual, round (VCVTNEPS2BF16 rounds to
  * nearest even, as f32_to_bf16). */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void store_bf16_avx512(
@@ -430,7 +485,11 @@ int gr_gemv_bf16(const void *x, const uint16_t *w, const void *bias, const void 
                  int isa) {
     if (M < 1 || M > MAX_M || K < 1 || N < 1) return -1;
     float *xf = scratch, *acc = scratch + M * K;
-    for (long m = 0; m < M; m++) prepare_row(x, m, K, act_bf16, prep, norm_w, eps, xf + m * K);
+    for (long m = 0; m < M; m++)
+        if (isa >= 2 && act_bf16 && K % 16 == 0)
+            prepare_row_avx512(x, m, K, prep, norm_w, eps, xf + m * K);
+        else
+            prepare_row(x, m, K, act_bf16, prep, norm_w, eps, xf + m * K);
     /* dpbf16 and AMX multiply bf16 activations: exact only when they are bf16 already */
     if (isa >= 3 && !act_bf16) isa = 2;
     if (isa == 4 && (K % 32 || N % 16 || M < AMX_ROWS)) isa = 3;
@@ -546,10 +605,17 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void attend_avx512(
         for (long j = 0; j < group; j++) scores[j * len + t - first] = _mm512_reduce_add_ps(acc[j]) * scale;
     }
     for (long j = 0; j < group; j++) {
-        float *sj = scores + j * len, best = -INFINITY, total = 0.f;
+        float *sj = scores + j * len, best = -INFINITY;
         for (long t = 0; t < len; t++) best = sj[t] > best ? sj[t] : best;
-        for (long t = 0; t < len; t++) total += sj[t] = expf(sj[t] - best);
-        for (long t = 0; t < len; t++) sj[t] /= total;
+        __m512 sum = _mm512_setzero_ps();
+        for (long t = 0; t < len; t += 16) {
+            const __mmask16 k = len - t >= 16 ? 0xffff : (__mmask16)((1u << (len - t)) - 1u);
+            const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, sj + t), _mm512_set1_ps(best)));
+            _mm512_mask_storeu_ps(sj + t, k, e);
+            sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
+        }
+        const float inv = 1.f / _mm512_reduce_add_ps(sum);
+        for (long t = 0; t < len; t++) sj[t] *= inv;
     }
     memset(o, 0, (size_t)(group * hd) * sizeof(float));
     for (long t = first; t <= pos; t++) {

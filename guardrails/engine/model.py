@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .attention import Batch, KVCache, attend
 from .config import ModelConfig
-from . import native
 from .quant import linear
 
 __all__ = ["Transformer", "rope_frequencies"]

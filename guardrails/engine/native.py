@@ -104,10 +104,10 @@ def gemv(
     residual: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor | None:
-    """``prep(x) @ w.T + b (+ residual)`` for bf16 ``w`` [N, K] and 1..32 rows (16 without AMX) of fp32 or bf16 ``x`` on the CPU, in
-    x's dtype. ``prep``: an RMS norm ``(weight, eps)`` of x, or SwiGLU (x [M, 2K] is gate then up), or nothing.
-    ``out_dtype=torch.float32`` keeps the fp32 sums (logits) instead of rounding them to bf16 activations. None when
-    the kernel cannot take these tensors (the caller falls back)."""
+    """``prep(x) @ w.T + b (+ residual)`` for bf16 ``w`` [N, K] and 1..32 rows (16 without AMX) of fp32 or bf16 ``x``
+    on the CPU, in x's dtype. ``prep``: an RMS norm ``(weight, eps)`` of x, or SwiGLU (x [M, 2K] is gate then up),
+    or nothing. ``out_dtype=torch.float32`` keeps the fp32 sums (logits) instead of rounding them to bf16
+    activations. None when the kernel cannot take these tensors (the caller falls back)."""
     norm_w = None if norm is None else norm[0]
     if (
         not 1 <= x.shape[0] <= MAX_ROWS

@@ -98,7 +98,12 @@ ATTENTION = {
 def test_decode_attention_matches_the_pytorch_path(kind, dtype):
     """Three decodes at different positions over a paged cache: same outputs and same cache writes."""
     cfg = ModelConfig(
-        family="llama", vocab_size=32, hidden_size=32, num_layers=1, head_dim=16, intermediate_size=64,
+        family="llama",
+        vocab_size=32,
+        hidden_size=32,
+        num_layers=1,
+        head_dim=16,
+        intermediate_size=64,
         **ATTENTION[kind],
     )
     attn = Attention(cfg, 0).to(dtype)
@@ -110,7 +115,9 @@ def test_decode_attention_matches_the_pytorch_path(kind, dtype):
     width = max(map(len, tables))
     batch = Batch(
         positions=torch.tensor(positions),
-        slots=torch.tensor([t[p // block_size] * block_size + p % block_size for t, p in zip(tables, positions)]),
+        slots=torch.tensor(
+            [t[p // block_size] * block_size + p % block_size for t, p in zip(tables, positions, strict=True)]
+        ),
         num_single=3,
         single_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables]),
         segments=[],
