@@ -547,8 +547,9 @@ int gr_gemv_bf16(const void *x, const uint16_t *w, const void *bias, const void 
 
 static void rotate_row(float *v, const float *cos, const float *sin, long hd) {
     float tmp[512];
-    long half = hd / 2;
-    for (long i = 0; i < hd; i++) tmp[i] = v[i] * cos[i] + v[(i + half) % hd] * sin[i];
+    const long half = hd / 2;
+    for (long i = 0; i < half; i++) tmp[i] = v[i] * cos[i] + v[i + half] * sin[i];
+    for (long i = half; i < hd; i++) tmp[i] = v[i] * cos[i] + v[i - half] * sin[i];
     memcpy(v, tmp, (size_t)hd * sizeof(float));
 }
 
@@ -560,8 +561,12 @@ static void l2_row(float *v, long hd, float eps, int bf16) {
 }
 
 static void round_row(float *v, long n, int bf16) {
-    if (bf16)
-        for (long i = 0; i < n; i++) v[i] = round_bf16(v[i]);
+    if (!bf16) return;
+    uint32_t *u = (uint32_t *)v; /* f32_to_bf16 without the branch, so that the loop vectorises */
+    for (long i = 0; i < n; i++) {
+        const uint32_t r = (u[i] + 0x7fffu + ((u[i] >> 16) & 1u)) & 0xffff0000u;
+        u[i] = (u[i] & 0x7fffffffu) > 0x7f800000u ? (u[i] & 0xffff0000u) | 0x00400000u : r;
+    }
 }
 
 static inline long slot_of(const int64_t *table, long pos, long bs) { return table[pos / bs] * bs + pos % bs; }
