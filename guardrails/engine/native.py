@@ -27,6 +27,7 @@ __all__ = ["MAX_ROWS", "attn_decode", "available", "gemv"]
 
 log = logging.getLogger(__name__)
 
+ISA_CAP: int | None = None  # tests lower it to run the AVX2 (1) and portable C (0) kernels on a newer CPU
 MAX_ROWS = 32  # activation rows the GEMV may take (16 without AMX: it then declines more)
 _SOURCE = Path(__file__).with_name("kernels.c")
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-std=c11"]
@@ -118,7 +119,7 @@ def gemv(
         or (loaded := _lib()) is None
     ):
         return None
-    lib, isa = loaded
+    lib, isa = loaded[0], loaded[1] if ISA_CAP is None else min(loaded[1], ISA_CAP)
     m, (n, k) = x.shape[0], w.shape
     x = x.contiguous()
     out_f32 = out_dtype == torch.float32
@@ -171,7 +172,7 @@ def attn_decode(
         or (loaded := _lib()) is None
     ):
         return None
-    lib, isa = loaded
+    lib, isa = loaded[0], loaded[1] if ISA_CAP is None else min(loaded[1], ISA_CAP)
     d, bs = qkv.shape[0], k_cache.shape[1]
     tables = tables.to(torch.int64).contiguous()
     positions = positions.to(torch.int64).contiguous()

@@ -27,7 +27,7 @@ def tolerance(dtype: torch.dtype) -> dict:
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13, 16, 17, 32])
 @pytest.mark.parametrize(("n", "k"), [(37, 61), (64, 576), (5, 3), (9, 16), (48, 64)])
 @pytest.mark.parametrize("prep", ["none", "norm", "swiglu"])
-def test_gemv_matches_the_pytorch_ops_it_fuses(dtype, rows, n, k, prep):
+def test_gemv_matches_the_pytorch_ops_it_fuses(dtype, rows, n, k, prep, isa):
     gen = torch.Generator().manual_seed(n * 1000 + k * 10 + rows)
     w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
     b = torch.randn(n, generator=gen).to(dtype)
@@ -56,13 +56,24 @@ def test_gemv_matches_the_pytorch_ops_it_fuses(dtype, rows, n, k, prep):
 
 def amx(dtype: torch.dtype, n: int, k: int) -> bool:
     """Whether the AMX kernel takes this product (AMX CPU, bf16 activations, whole tiles)."""
-    return native._lib()[1] == 4 and dtype == torch.bfloat16 and k % 32 == 0 and n % 16 == 0
+    isa = native._lib()[1] if native.ISA_CAP is None else min(native._lib()[1], native.ISA_CAP)
+    return isa == 4 and dtype == torch.bfloat16 and k % 32 == 0 and n % 16 == 0
+
+
+@pytest.fixture(params=["best", 3, 2, 1, 0], ids=lambda p: f"isa-{p}")
+def isa(request, monkeypatch):
+    """Each kernel generation this CPU can run: AMX (4), AVX-512 BF16 (3), AVX-512 (2), AVX2 (1), portable C (0)."""
+    if request.param != "best":
+        if not native.available() or native._lib()[1] < request.param:
+            pytest.skip(f"this CPU has no ISA level {request.param}")
+        monkeypatch.setattr(native, "ISA_CAP", request.param)
+    return request.param
 
 
 @needs_native
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize(("rows", "n", "k", "dtype"), [(2, 301, 577, torch.float32), (9, 336, 576, torch.bfloat16)])
-def test_gemv_splits_large_weights_across_threads(threads, rows, n, k, dtype):
+def test_gemv_splits_large_weights_across_threads(threads, rows, n, k, dtype, isa):
     """Above 64K weights the rows are split over OpenMP threads; every row is still computed once."""
     gen, before = torch.Generator().manual_seed(threads), torch.get_num_threads()
     w, x = torch.randn(n, k, generator=gen).to(torch.bfloat16), torch.randn(rows, k, generator=gen).to(dtype)
@@ -95,7 +106,7 @@ ATTENTION = {
 @needs_native
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ATTENTION)
-def test_decode_attention_matches_the_pytorch_path(kind, dtype):
+def test_decode_attention_matches_the_pytorch_path(kind, dtype, isa):
     """Three decodes at different positions over a paged cache: same outputs and same cache writes."""
     cfg = ModelConfig(
         family="llama",
