@@ -1,8 +1,9 @@
 """Every matrix product of the model goes through :func:`linear`, which picks the kernel for the weight's storage.
 
-- bf16 weights and at most :data:`native.MAX_ROWS` activation rows (decoding): the engine's own GEMV
-  (``kernels.c``), which streams the weights at close to the memory bandwidth; PyTorch's CPU bf16 GEMV reaches about
-  a third of it here. Without a C compiler, PyTorch's kernels below.
+- bf16 weights and at most :data:`native.MAX_ROWS` activation rows (decoding): the engine's own kernels
+  (``kernels.c``: AVX-512 / AVX2 for a few rows, AMX tiles for 4-32 where the CPU has them), which stream the
+  weights at 0.7-0.9 of the memory bandwidth; PyTorch's CPU bf16 GEMV reaches about a third of it here. They also
+  fuse the RMS norm or SwiGLU before and the residual after. Without a C compiler, PyTorch's kernels below.
 - Same dtype as the activations: ``F.linear``.
 - bf16 weights with fp32 activations: CPUs without native bf16 matmul (no AVX512-BF16 / AMX). PyTorch's fallback bf16
   GEMM there costs ~8x more at 8 rows than at one, so one row runs the bf16 GEMV (which reads half the bytes) and
