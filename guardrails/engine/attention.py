@@ -11,6 +11,10 @@ head_dim]`` tensors; a sequence's block table lists its blocks in order, so slot
   chunks / windows.
 - Each prefill chunk runs its own SDPA (its cost is inherent); a chunk that starts at position 0 attends to its own
   keys directly, a later chunk gathers the cached prefix.
+
+On the CPU the native kernel (``native.attn_decode``, called by ``model.Attention.attend_native``) takes the whole
+step instead, decodes and chunks alike, in one call per layer; this PyTorch code is what runs on CUDA and without a C
+compiler, and what the kernel is tested against.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class Batch:
     cos: torch.Tensor | None = None  # [T, head_dim] (set by the model)
     sin: torch.Tensor | None = None
     temperature: torch.Tensor | None = None  # [T] NoPE query scale (Llama 4), None when unused
+    tables: torch.Tensor | None = None  # [S, nb] block ids of every sequence in the step: for the native kernel,
+    table_rows: torch.Tensor | None = None  # [T] each token's row of tables (None: the step is not for the kernel)
     _masks: dict = field(default_factory=dict)
 
     def single_mask(self, window: tuple[str, int] | None, block_size: int, dtype: torch.dtype) -> torch.Tensor:

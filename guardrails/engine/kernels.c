@@ -8,8 +8,8 @@
  * accumulate in fp32 with FMAs, several weight rows at a time, prefetching ahead. Fusing the norm, the SwiGLU and the
  * residual saves the half-dozen small PyTorch ops around each projection (a few microseconds each, 30 layers).
  *
- * gr_attn_decode: RoPE, KV-cache write and attention of single-token decodes over the paged cache, in one call
- * instead of a dozen PyTorch ops per layer.
+ * gr_attn_decode: RoPE, KV-cache write and attention of a step's tokens (decodes and short prefill chunks) over the
+ * paged cache, in one call instead of a dozen PyTorch ops per layer.
  *
  * Activations are fp32 or bf16 (round to nearest even, at the same points as the PyTorch code). Built once by
  * native.py with the system C compiler; AVX-512 and AVX2 versions are selected at run time, with a portable C
@@ -291,11 +291,15 @@ __attribute__((target("amx-tile,amx-bf16,avx512f"))) static void rows_amx(const 
         _tile_zero(1);
         _tile_zero(2);
         _tile_zero(3);
+        const char *next = (const char *)(a0 + 32 * K); /* the next block: 32 K bf16 = K cache lines, contiguous */
         for (long k = 0; k < K; k += 32) {
-            for (int r = 0; r < 16; r++) { /* each row is its own stream: 32 streams outrun the hardware prefetcher */
-                _mm_prefetch((const char *)(a0 + r * K + k + 128), _MM_HINT_T0);
-                if (two_n) _mm_prefetch((const char *)(a1 + r * K + k + 128), _MM_HINT_T0);
-            }
+            if (n == n0) /* the first block: each row is its own stream, a few lines ahead */
+                for (int r = 0; r < 16; r++) {
+                    _mm_prefetch((const char *)(a0 + r * K + k + 128), _MM_HINT_T0);
+                    if (two_n) _mm_prefetch((const char *)(a1 + r * K + k + 128), _MM_HINT_T0);
+                }
+            if (n + 32 < n1) /* then one sequential stream, a block ahead: 32 lines per step of k */
+                for (int i = 0; i < 32; i++) _mm_prefetch(next + (k + i) * 64, _MM_HINT_T1);
             _tile_loadd(4, a0 + k, K * 2);
             _tile_loadd(6, xv + (k / 2) * 32, 64);
             _tile_dpbf16ps(0, 4, 6);
@@ -536,14 +540,70 @@ int gr_gemv_bf16(const void *x, const uint16_t *w, const void *bias, const void 
     return 0;
 }
 
+/* ---- the routed experts of a decode batch --------------------------------------------------------------------
+ *
+ * out[t] += sum over token t's top_k experts e of expert_e(x[t]) scaled by its score, where expert_e(v) =
+ * w2[e] @ silu-and-multiply(w13[e] @ v), the score scales the expert's input (Llama 4, scale_input) or its output
+ * (the others). Experts run in ascending order, each on the tokens routed to it (as many rows per GEMV as it
+ * takes), and each contribution is added to out and rounded to the activation dtype in that order: the steps and
+ * rounding points of MoE.experts in model.py, whose Python loop (a gather, a scale, two GEMVs and an index_add per
+ * expert) cost 3.4 ms of a 19 ms batch-8 decode step of bench/engine.py's MoE. ids [T, top_k] int64, scores
+ * [T, top_k] in the activation dtype.
+ * scratch: fp32 room for 32 (2 H + 2 I) + 32 (2 K + N) + 16 K values, K = max(H, I), N = max(2 I, H).
+ * Returns 0, or what the GEMV returned (nonzero: out is partly updated; the caller must not fall back). */
+int gr_moe_bf16(const void *x, const int64_t *ids, const void *scores, const uint16_t *w13, const uint16_t *w2,
+                void *out, float *scratch, long T, long top_k, long E, long H, long I, int act_bf16, int scale_input,
+                int threads, int isa) {
+    /* rows per GEMV: as many as it takes (AMX: 32 when both products are whole tiles) */
+    const long chunk = isa == 4 && act_bf16 && H % 32 == 0 && I % 32 == 0 ? MAX_M : MAX_M_VECTOR;
+    const size_t es = act_bf16 ? 2 : 4;
+    char *xs = (char *)scratch, *h = xs + chunk * H * es, *y = h + chunk * 2 * I * es;
+    float *gemv_scratch = (float *)(y + chunk * H * es);
+    long slots[MAX_M];
+    for (long e = 0; e < E; e++) {
+        long n = 0;
+        for (long i = 0; i <= T * top_k; i++) {
+            if (i < T * top_k && ids[i] == e) slots[n++] = i;
+            if (n == 0 || (n < chunk && i < T * top_k)) continue;
+            for (long r = 0; r < n; r++) { /* gather, scaling the input (rounded, as x * score) */
+                const long t = slots[r] / top_k;
+                const float s = load_act(scores, slots[r], act_bf16);
+                for (long c = 0; c < H; c++) {
+                    const float v = load_act(x, t * H + c, act_bf16);
+                    store_act(xs, r * H + c, scale_input ? v * s : v, act_bf16);
+                }
+            }
+            int status = gr_gemv_bf16(xs, w13 + e * 2 * I * H, NULL, NULL, h, gemv_scratch, n, 2 * I, H, act_bf16, 0, 0,
+                                      NULL, 0.f, threads, isa);
+            if (!status)
+                status = gr_gemv_bf16(h, w2 + e * H * I, NULL, NULL, y, gemv_scratch, n, H, I, act_bf16, 0, 2, NULL,
+                                      0.f, threads, isa);
+            if (status) return status;
+            for (long r = 0; r < n; r++) { /* scale the output (rounded), add into out (rounded) */
+                const long t = slots[r] / top_k;
+                const float s = load_act(scores, slots[r], act_bf16);
+                for (long c = 0; c < H; c++) {
+                    float v = load_act(y, r * H + c, act_bf16);
+                    if (!scale_input) v = act_bf16 ? round_bf16(v * s) : v * s;
+                    store_act(out, t * H + c, load_act(out, t * H + c, act_bf16) + v, act_bf16);
+                }
+            }
+            n = 0;
+        }
+    }
+    return 0;
+}
+
 /* ---- decode attention over the paged KV cache ------------------------------------------------------------------
  *
- * D decoding sequences, one new token each. For each: RoPE on its query and key heads (rotate-half; cos/sin [D, hd]
- * with sin's first half negated, as the model builds them) when cos is given, then the weightless L2 norm of
- * Llama 4's RoPE layers when l2, the NoPE query temperature when temp is given; the key and value go into the
- * cache slot of the token's position; then softmax attention of each query head over the keys its position sees
- * (causal; a chunk (window_kind 1) or a sliding window (2) of window_size), grouped-query. Same rounding points as
- * the PyTorch code in model.py / attention.py. Work is split over (sequence, kv head) pairs. */
+ * D tokens, each at its position in its sequence: decodes (one token of a sequence) and prefill chunks (several
+ * consecutive tokens of one sequence, which share its block table: table_rows[d] is token d's row of tables; NULL:
+ * row d). For each: RoPE on its query and key heads (rotate-half; cos/sin [D, hd] with sin's first half negated, as
+ * the model builds them) when cos is given, then the weightless L2 norm of Llama 4's RoPE layers when l2, the NoPE
+ * query temperature when temp is given; every token's key and value go into the cache slot of its position first;
+ * then softmax attention of each query head over the keys its position sees (causal; a chunk (window_kind 1) or a
+ * sliding window (2) of window_size), grouped-query. Same rounding points as the PyTorch code in model.py /
+ * attention.py. Work is split over (token, kv head) pairs. */
 
 static void rotate_row(float *v, const float *cos, const float *sin, long hd) {
     float tmp[512];
@@ -592,14 +652,21 @@ static void load_row(const void *src, long off, long n, int bf16, float *dst) {
     }
 }
 
-/* The score and value loops of one (sequence, kv head) with AVX-512: each key and value row is loaded and widened
- * once for all the query heads of its group. Needs hd % 16 == 0 and group <= 8. */
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static void attend_avx512(
-    const float *q, long group, long hd, const void *k_cache, const void *v_cache, const int64_t *table, long bs,
-    long KVH, long g, long first, long pos, float scale, int bf16, float *scores, float *o) {
+/* The score and value loops of one (sequence, kv head) with AVX-512: each key row is loaded and widened once for all
+ * the query heads of its group; the outputs stay in registers, 16 lanes of every head at a time, while the values
+ * stream past (the same order of additions as accumulating in memory). Positions walk the block table a block at a
+ * time (no division per key). Needs hd % 16 == 0 and group <= 8. */
+#define FOR_KEYS(first, pos, at)                                                                                     \
+    for (long t = first, blk_ = first / bs; t <= pos; blk_++)                                                        \
+        for (long end_ = (blk_ + 1) * bs <= pos + 1 ? (blk_ + 1) * bs : pos + 1,                                     \
+                  at = ((table[blk_] * bs + t - blk_ * bs) * KVH + g) * hd;                                          \
+             t < end_; t++, at += KVH * hd)
+
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) static inline void attend_group(
+    const float *q, const long group, long hd, const void *k_cache, const void *v_cache, const int64_t *table,
+    long bs, long KVH, long g, long first, long pos, float scale, int bf16, float *scores, float *o) {
     const long len = pos + 1 - first;
-    for (long t = first; t <= pos; t++) {
-        const long at = (slot_of(table, t, bs) * KVH + g) * hd;
+    FOR_KEYS(first, pos, at) {
         __m512 acc[8];
         for (long j = 0; j < group; j++) acc[j] = _mm512_setzero_ps();
         for (long i = 0; i < hd; i += 16) {
@@ -610,8 +677,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void attend_avx512(
         for (long j = 0; j < group; j++) scores[j * len + t - first] = _mm512_reduce_add_ps(acc[j]) * scale;
     }
     for (long j = 0; j < group; j++) {
-        float *sj = scores + j * len, best = -INFINITY;
-        for (long t = 0; t < len; t++) best = sj[t] > best ? sj[t] : best;
+        float *sj = scores + j * len;
+        __m512 top = _mm512_set1_ps(-INFINITY);
+        for (long t = 0; t < len; t += 16) {
+            const __mmask16 k = len - t >= 16 ? 0xffff : (__mmask16)((1u << (len - t)) - 1u);
+            top = _mm512_mask_max_ps(top, k, top, _mm512_maskz_loadu_ps(k, sj + t));
+        }
+        const float best = _mm512_reduce_max_ps(top);
         __m512 sum = _mm512_setzero_ps();
         for (long t = 0; t < len; t += 16) {
             const __mmask16 k = len - t >= 16 ? 0xffff : (__mmask16)((1u << (len - t)) - 1u);
@@ -619,25 +691,38 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void attend_avx512(
             _mm512_mask_storeu_ps(sj + t, k, e);
             sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(k, e));
         }
-        const float inv = 1.f / _mm512_reduce_add_ps(sum);
-        for (long t = 0; t < len; t++) sj[t] *= inv;
-    }
-    memset(o, 0, (size_t)(group * hd) * sizeof(float));
-    for (long t = first; t <= pos; t++) {
-        const long at = (slot_of(table, t, bs) * KVH + g) * hd;
-        for (long i = 0; i < hd; i += 16) {
-            __m512 vv = bf16 ? load16_bf16((const uint16_t *)v_cache + at + i, 0xffff)
-                             : _mm512_loadu_ps((const float *)v_cache + at + i);
-            for (long j = 0; j < group; j++) {
-                float *oj = o + j * hd + i;
-                _mm512_storeu_ps(oj, _mm512_fmadd_ps(_mm512_set1_ps(scores[j * len + t - first]), vv, _mm512_loadu_ps(oj)));
-            }
+        const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
+        for (long t = 0; t < len; t += 16) {
+            const __mmask16 k = len - t >= 16 ? 0xffff : (__mmask16)((1u << (len - t)) - 1u);
+            _mm512_mask_storeu_ps(sj + t, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, sj + t), inv));
         }
+    }
+    for (long i = 0; i < hd; i += 16) {
+        __m512 acc[8];
+        for (long j = 0; j < group; j++) acc[j] = _mm512_setzero_ps();
+        FOR_KEYS(first, pos, at) {
+            const __m512 vv = bf16 ? load16_bf16((const uint16_t *)v_cache + at + i, 0xffff)
+                                   : _mm512_loadu_ps((const float *)v_cache + at + i);
+            for (long j = 0; j < group; j++)
+                acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(scores[j * len + t - first]), vv, acc[j]);
+        }
+        for (long j = 0; j < group; j++) _mm512_storeu_ps(o + j * hd + i, acc[j]);
     }
 }
 
+/* attend_group with the group size a constant, so that its accumulators live in registers. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void attend_avx512(
+    const float *q, long group, long hd, const void *k_cache, const void *v_cache, const int64_t *table, long bs,
+    long KVH, long g, long first, long pos, float scale, int bf16, float *scores, float *o) {
+#define GROUP(n)                                                                                                     \
+    case n: attend_group(q, n, hd, k_cache, v_cache, table, bs, KVH, g, first, pos, scale, bf16, scores, o); break;
+    switch (group) { GROUP(1) GROUP(2) GROUP(3) GROUP(4) GROUP(5) GROUP(6) GROUP(7) default: GROUP(8) }
+#undef GROUP
+}
+
 int gr_attn_decode(const void *qkv, const float *cos, const float *sin, const float *temp, void *k_cache,
-                   void *v_cache, const int64_t *tables, long table_width, const int64_t *positions, void *out,
+                   void *v_cache, const int64_t *tables, long table_width, const int64_t *table_rows,
+                   const int64_t *positions, void *out,
                    float *scratch, long scratch_len, long D, long H, long KVH, long hd, long bs, int window_kind,
                    long window_size, float scale, int l2, float eps, int bf16, int threads, int isa) {
     if (hd > 512 || H % KVH) return -1;
@@ -650,7 +735,7 @@ int gr_attn_decode(const void *qkv, const float *cos, const float *sin, const fl
 
     /* keys and values of the new tokens into the cache (RoPE'd, normed keys) */
     for (long d = 0; d < D; d++) {
-        const long slot = slot_of(tables + d * table_width, positions[d], bs);
+        const long slot = slot_of(tables + (table_rows ? table_rows[d] : d) * table_width, positions[d], bs);
         for (long g = 0; g < KVH; g++) {
             float k[512];
             load_row(qkv, d * row + (H + g) * hd, hd, bf16, k);
@@ -669,7 +754,7 @@ int gr_attn_decode(const void *qkv, const float *cos, const float *sin, const fl
 #pragma omp parallel for num_threads(threads > 1 && tasks > 1 ? threads : 1) schedule(static)
     for (long task = 0; task < tasks; task++) {
         const long d = task / KVH, g = task % KVH, pos = positions[d];
-        const int64_t *table = tables + d * table_width;
+        const int64_t *table = tables + (table_rows ? table_rows[d] : d) * table_width;
         float *mine = scratch;
 #ifdef _OPENMP
         mine = scratch + omp_get_thread_num() * per_task;

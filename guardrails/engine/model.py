@@ -96,20 +96,22 @@ class Attention(nn.Module):
             qkv = torch.cat((self.q_norm(q), self.k_norm(k), v), dim=-1)
         if cfg.clip_qkv is not None:
             qkv = qkv.clamp(-cfg.clip_qkv, cfg.clip_qkv)
-        o = self.decode(qkv, batch, cache) if cfg.qk_norm != "head" else None
+        o = self.attend_native(qkv, batch, cache) if cfg.qk_norm != "head" else None
         if o is None:
             o = self.attend(qkv, batch, cache)
         return linear(o.view(t, heads * hd), self.wo.weight, self.wo.bias, residual=x)
 
-    def decode(self, qkv: torch.Tensor, batch: Batch, cache: KVCache | None) -> torch.Tensor | None:
-        """A step of single-token decodes only: RoPE, cache write and attention in one native call (None: no)."""
-        if cache is None or batch.segments or batch.num_single != qkv.shape[0]:
+    def attend_native(self, qkv: torch.Tensor, batch: Batch, cache: KVCache | None) -> torch.Tensor | None:
+        """The step's decodes and short prefill chunks: RoPE, cache write and attention in one native call (None:
+        not this step, or the kernel is unavailable)."""
+        if cache is None or batch.table_rows is None:
             return None
         return native.attn_decode(
             qkv,
             cache,
-            batch.single_tables,
+            batch.tables,
             batch.positions,
+            table_rows=batch.table_rows,
             heads=self.heads,
             kv_heads=self.kv_heads,
             rope=(batch.cos, batch.sin) if self.use_rope else None,
@@ -190,6 +192,8 @@ class MoE(nn.Module):
             out = self.shared(x)  # Llama 4: un-gated, on the unscaled input
             if self.shared_gate is not None:  # Qwen2-MoE
                 out = out * torch.sigmoid(linear(x, self.shared_gate))
+        if native.moe(x, ids, weights, self.w13, self.w2, out, scale_input=self.sigmoid):
+            return out
         flat = ids.flatten()  # [T k]
         if flat.numel() == 1:  # one token, top-1: no grouping
             return out + self.expert(int(flat), x, weights)

@@ -1,11 +1,11 @@
-"""The engine's native decode kernels (``kernels.c``: small-batch GEMV on bf16 weights with a fused RMS norm, SwiGLU or
-residual; attention of single-token decodes over the paged KV cache), built on first use.
+"""The engine's native kernels (``kernels.c``: small-batch GEMV on bf16 weights with a fused RMS norm, SwiGLU or
+residual; the routed experts of a decode batch; a step's attention over the paged KV cache), built on first use.
 
 The C file is compiled once with the system C compiler (``$CC``, else ``cc``) into the engine cache
 (``~/.cache/guardrails/engine/kernels-<hash>.so``, keyed by the source, the compiler and the flags) and loaded with
 ctypes. Anything that goes wrong (no compiler, a failed build, ``GUARDRAILS_NATIVE=0``) leaves the kernels unavailable
-(:func:`gemv` and :func:`attn_decode` return None) and the engine uses PyTorch's kernels instead: slower decoding,
-the same results up to rounding (tests/engine/test_native.py compares the two).
+(:func:`gemv` and :func:`attn_decode` return None, :func:`moe` False) and the engine uses PyTorch's kernels instead:
+slower decoding, the same results up to rounding (tests/engine/test_native.py compares the two).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["MAX_ROWS", "attn_decode", "available", "gemv"]
+__all__ = ["MAX_ROWS", "attn_decode", "available", "gemv", "moe"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ def _build() -> ctypes.CDLL:
     p, n, i, f = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
     lib.gr_gemv_bf16.argtypes = [p, p, p, p, p, p, n, n, n, i, i, i, p, f, i, i]
     lib.gr_gemv_bf16.restype = ctypes.c_int
-    lib.gr_attn_decode.argtypes = [p, p, p, p, p, p, p, n, p, p, p, n, n, n, n, n, n, i, n, f, i, f, i, i, i]
+    lib.gr_moe_bf16.argtypes = [p, p, p, p, p, p, p, n, n, n, n, n, i, i, i, i]
+    lib.gr_moe_bf16.restype = ctypes.c_int
+    lib.gr_attn_decode.argtypes = [p, p, p, p, p, p, p, n, p, p, p, p, n, n, n, n, n, n, i, n, f, i, f, i, i, i]
     lib.gr_attn_decode.restype = ctypes.c_int
     return lib
 
@@ -145,12 +147,64 @@ def gemv(
     return y if status == 0 else None
 
 
+def moe(
+    x: torch.Tensor,  # [T, H]
+    ids: torch.Tensor,  # [T, k] expert ids
+    scores: torch.Tensor,  # [T, k] routing weights
+    w13: torch.Tensor,  # [E, 2I, H] gate then up
+    w2: torch.Tensor,  # [E, H, I]
+    out: torch.Tensor,  # [T, H], added to in place
+    *,
+    scale_input: bool,
+) -> bool:
+    """Add the routed experts' outputs into ``out``, in one call for up to :data:`MAX_ROWS` tokens: each expert on
+    the tokens routed to it, their score scaling the expert's input (Llama 4) or its output. False (``out``
+    untouched) when the kernel cannot take these tensors (the caller falls back)."""
+    if (
+        not 1 <= x.shape[0] <= MAX_ROWS
+        or not (isinstance(w13, torch.Tensor) and isinstance(w2, torch.Tensor))
+        or x.device.type != "cpu"
+        or w13.dtype != torch.bfloat16
+        or w2.dtype != torch.bfloat16
+        or not (w13.is_contiguous() and w2.is_contiguous() and out.is_contiguous())
+        or not _acts_ok(x, scores, out)
+        or (loaded := _lib()) is None
+    ):
+        return False
+    lib, isa = loaded[0], loaded[1] if ISA_CAP is None else min(loaded[1], ISA_CAP)
+    e, two_i, h = w13.shape
+    i, k = two_i // 2, max(h, two_i // 2)
+    scratch = _scratch(MAX_ROWS * (2 * h + two_i + 2 * k + max(two_i, h)) + 16 * k)
+    status = lib.gr_moe_bf16(
+        x.contiguous().data_ptr(),
+        ids.to(torch.int64).contiguous().data_ptr(),
+        scores.contiguous().data_ptr(),
+        w13.data_ptr(),
+        w2.data_ptr(),
+        out.data_ptr(),
+        scratch.data_ptr(),
+        x.shape[0],
+        ids.shape[1],
+        e,
+        h,
+        i,
+        x.dtype == torch.bfloat16,
+        scale_input,
+        torch.get_num_threads(),
+        isa,
+    )
+    if status:
+        raise RuntimeError(f"gr_moe_bf16 failed ({status})")
+    return True
+
+
 def attn_decode(
     qkv: torch.Tensor,  # [D, (H + 2 KVH) hd]
     cache: tuple[torch.Tensor, torch.Tensor],  # [blocks, block_size, KVH, hd] each
-    tables: torch.Tensor,  # [D, width] block ids
+    tables: torch.Tensor,  # [S, width] block ids of the step's sequences
     positions: torch.Tensor,  # [D]
     *,
+    table_rows: torch.Tensor | None = None,  # [D]: each token's row of tables (None: row d for token d)
     heads: int,
     kv_heads: int,
     rope: tuple[torch.Tensor, torch.Tensor] | None,  # cos, sin [D, 1, hd] fp32 (sin's first half negated)
@@ -159,8 +213,9 @@ def attn_decode(
     window: tuple[str, int] | None,
     scale: float,
 ) -> torch.Tensor | None:
-    """Attention output [D, H * hd] for D single-token decodes, writing their keys and values into the cache; None
-    when the kernel cannot take these tensors (the caller falls back)."""
+    """Attention output [D, H * hd] for D tokens (decodes, and prefill chunks whose tokens share their sequence's
+    table row), writing their keys and values into the cache first; None when the kernel cannot take these tensors
+    (the caller falls back)."""
     k_cache, v_cache = cache
     hd = k_cache.shape[-1]
     if (
@@ -176,6 +231,8 @@ def attn_decode(
     d, bs = qkv.shape[0], k_cache.shape[1]
     tables = tables.to(torch.int64).contiguous()
     positions = positions.to(torch.int64).contiguous()
+    if table_rows is not None:
+        table_rows = table_rows.to(torch.int64).contiguous()
     threads = torch.get_num_threads()
     per_task = heads // kv_heads * (2 * hd + tables.shape[1] * bs) + hd
     scratch = _scratch(max(threads, 1) * per_task)
@@ -191,6 +248,7 @@ def attn_decode(
         v_cache.data_ptr(),
         tables.data_ptr(),
         tables.shape[1],
+        None if table_rows is None else table_rows.data_ptr(),
         positions.data_ptr(),
         out.data_ptr(),
         scratch.data_ptr(),

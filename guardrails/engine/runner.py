@@ -46,18 +46,23 @@ class ModelRunner:
             if p0 + n == seq.num_tokens:  # the chunk reaches the end: its last position samples the next token
                 rows.append(len(ids) - 1)
                 samplers.append(seq)
-        tables = None
-        if singles:
-            width = max(len(s.block_table) for s, _ in singles)
-            tables = torch.tensor(
-                [s.block_table + [0] * (width - len(s.block_table)) for s, _ in singles], device=self.device
-            )
+        every = singles + multis
+        width = max(len(s.block_table) for s, _ in every)
+        tables = torch.tensor(
+            [s.block_table + [0] * (width - len(s.block_table)) for s, _ in every], device=self.device
+        )
+        # On the CPU the whole step's attention is one native call per layer (model.Attention.decode). It beats
+        # PyTorch's SDPA for prefill chunks too: SmolLM2, one thread, a 512-token prompt in one chunk 440 vs 1002 ms,
+        # a 2048-token prompt in chunks of 256 4.5 vs 5.9 s.
+        native = self.device.type == "cpu"
         batch = Batch(
             positions=torch.tensor(positions, device=self.device),
             slots=torch.tensor(slots, device=self.device),
             num_single=len(singles),
-            single_tables=tables,
+            single_tables=tables[: len(singles)] if singles else None,
             segments=segments,
+            tables=tables if native else None,
+            table_rows=torch.tensor([r for r, (_, n) in enumerate(every) for _ in range(n)]) if native else None,
         )
         return torch.tensor(ids, device=self.device), batch, rows, samplers
 

@@ -46,7 +46,8 @@ def sample(
     generators: Sequence[torch.Generator | None],
 ) -> list[int]:
     if all(p.greedy for p in params):
-        return logits.argmax(dim=-1).tolist()
+        # max's indices: argmax's (the first maximum; NaN wins), at a third of its time on the CPU here (8 x 49152)
+        return logits.max(dim=-1).indices.tolist()
     out = []
     for row, p, history, gen in zip(logits, params, histories, generators, strict=True):
         row = row.cpu()  # per-request generators live on the CPU; one row is small

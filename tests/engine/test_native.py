@@ -9,8 +9,8 @@ from engine_checkpoints import FAMILIES
 
 from guardrails.engine import EngineCore, ModelConfig, SamplingParams, load_model, native
 from guardrails.engine import core as core_module
-from guardrails.engine.attention import Batch
-from guardrails.engine.model import Attention, RMSNorm, rope_frequencies
+from guardrails.engine.attention import Batch, Segment
+from guardrails.engine.model import Attention, MoE, RMSNorm, rope_frequencies
 from guardrails.engine.sequence import Sequence
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernels are not built")
@@ -95,6 +95,57 @@ def test_gemv_declines_what_it_cannot_take():
     assert native.gemv(torch.randn(1, 16), w.t().contiguous().t()) is None  # a transposed view
 
 
+MOE = {
+    "llama4_top1_sigmoid_shared": dict(router="sigmoid", top_k=1, shared_expert_size=48),
+    "mixtral_top2": dict(top_k=2),
+    "qwen2_top2_gated_shared": dict(top_k=2, norm_topk_prob=True, shared_expert_size=32, shared_expert_gate=True),
+}
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [1, 3, 8, 32])
+@pytest.mark.parametrize("kind", MOE)
+def test_fused_experts_match_the_per_expert_loop(kind, tokens, dtype, isa, monkeypatch):
+    """The routed experts in one native call against MoE.experts' Python loop over the same GEMV kernel: the same
+    gathers, scales, order of additions and rounding, so the same bits. 32 tokens over 3 experts put more than 16
+    rows (the vector kernels' most) on an expert."""
+    cfg = ModelConfig(
+        family="mixtral",
+        vocab_size=32,
+        hidden_size=64,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=64,
+        moe_layers=(True,),
+        num_experts=3,
+        moe_intermediate_size=96,
+        **MOE[kind],
+    )
+    gen = torch.Generator().manual_seed(tokens)
+    moe = MoE(cfg)
+    for param in moe.parameters():
+        param.data = torch.randn(param.shape, generator=gen) * param.shape[-1] ** -0.5
+    moe.w13.data, moe.w2.data = moe.w13.data.bfloat16(), moe.w2.data.bfloat16()
+    moe.to(dtype) if dtype == torch.bfloat16 else None
+    x = torch.randn(tokens, 64, generator=gen).to(dtype)
+    calls = []
+    fused = native.moe
+    monkeypatch.setattr(native, "moe", lambda *a, **k: calls.append(fused(*a, **k)) or calls[-1])
+    ours = moe.experts(x)
+    monkeypatch.setattr(native, "moe", lambda *a, **k: False)
+    theirs = moe.experts(x)
+    assert calls == [True]
+    assert ours.dtype == dtype and ours.abs().max() > 0.1
+    rows = moe.route(x)[1].flatten().bincount().max()
+    if rows <= 16 or amx(dtype, 2 * 96, 64):  # the loop's GEMVs ran in the same kernels
+        torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
+    else:  # more than 16 rows without AMX: the loop's went to F.linear (another order of summation)
+        torch.testing.assert_close(ours, theirs, **tolerance(dtype))
+
+
 ATTENTION = {
     "llama_gqa": dict(num_heads=4, num_kv_heads=2),
     "llama4_rope_chunk_l2": dict(num_heads=4, num_kv_heads=1, qk_norm="l2", attn_windows=(("chunk", 8),)),
@@ -106,8 +157,9 @@ ATTENTION = {
 @needs_native
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ATTENTION)
-def test_decode_attention_matches_the_pytorch_path(kind, dtype, isa):
-    """Three decodes at different positions over a paged cache: same outputs and same cache writes."""
+def test_step_attention_matches_the_pytorch_path(kind, dtype, isa):
+    """One step over a paged cache: three decodes at different positions, a prefill chunk from position 0 and a
+    later chunk over a cached prefix, all in one native call: same outputs and same cache writes as PyTorch's."""
     cfg = ModelConfig(
         family="llama",
         vocab_size=32,
@@ -119,19 +171,25 @@ def test_decode_attention_matches_the_pytorch_path(kind, dtype, isa):
     )
     attn = Attention(cfg, 0).to(dtype)
     gen = torch.Generator().manual_seed(7)
-    block_size, positions = 4, [0, 9, 22]
+    block_size = 4
     shape = (16, block_size, cfg.num_kv_heads, cfg.head_dim)
     k_cache, v_cache = torch.randn(shape, generator=gen).to(dtype), torch.randn(shape, generator=gen).to(dtype)
-    tables = [[3], [5, 1, 12], [2, 4, 6, 7, 8, 9]]  # non-contiguous blocks, padded below
-    width = max(map(len, tables))
+    # (block table, first position, tokens): non-contiguous blocks; the last chunk's positions 0-5 are cached
+    seqs = [([3], 0, 1), ([5, 1, 12], 9, 1), ([2, 4, 6, 7, 8, 9], 22, 1), ([10, 11], 0, 5), ([13, 14, 15], 6, 4)]
+    positions = [p for _, p0, n in seqs for p in range(p0, p0 + n)]
+    rows = [r for r, (_, _, n) in enumerate(seqs) for _ in range(n)]
+    width = max(len(t) for t, _, _ in seqs)
+    tables = torch.tensor([t + [0] * (width - len(t)) for t, _, _ in seqs])
     batch = Batch(
         positions=torch.tensor(positions),
         slots=torch.tensor(
-            [t[p // block_size] * block_size + p % block_size for t, p in zip(tables, positions, strict=True)]
+            [seqs[r][0][p // block_size] * block_size + p % block_size for r, p in zip(rows, positions, strict=True)]
         ),
         num_single=3,
-        single_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables]),
-        segments=[],
+        single_tables=tables[:3],
+        segments=[Segment(3, 8, 0, None), Segment(8, 12, 6, torch.tensor(seqs[4][0]))],
+        tables=tables,
+        table_rows=torch.tensor(rows),
     )
     freqs = batch.positions[:, None].float() * rope_frequencies(cfg)
     batch.cos = torch.cat((freqs, freqs), dim=-1).cos()[:, None]
@@ -139,11 +197,12 @@ def test_decode_attention_matches_the_pytorch_path(kind, dtype, isa):
     if cfg.attn_temperature is not None:
         scale, floor = cfg.attn_temperature
         batch.temperature = torch.log1p(torch.floor((batch.positions.float() + 1) / floor)) * scale + 1
-    qkv = torch.randn(3, (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim, generator=gen).to(dtype)
+    t = len(positions)
+    qkv = torch.randn(t, (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim, generator=gen).to(dtype)
     ours = (k_cache.clone(), v_cache.clone())
     theirs = (k_cache.clone(), v_cache.clone())
-    got = attn.decode(qkv, batch, ours)
-    expected = attn.attend(qkv, batch, theirs).view(3, -1)
+    got = attn.attend_native(qkv, batch, ours)
+    expected = attn.attend(qkv, batch, theirs).view(t, -1)
     assert got is not None
     torch.testing.assert_close(got, expected, **tolerance(dtype))
     torch.testing.assert_close(ours[0], theirs[0], **tolerance(dtype))  # RoPE'd (and normed) keys
