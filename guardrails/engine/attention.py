@@ -51,6 +51,7 @@ class Batch:
     temperature: torch.Tensor | None = None  # [T] NoPE query scale (Llama 4), None when unused
     tables: torch.Tensor | None = None  # [S, nb] block ids of every sequence in the step: for the native kernel,
     table_rows: torch.Tensor | None = None  # [T] each token's row of tables (None: the step is not for the kernel)
+    native_step: tuple | None = None  # the kernel's view of the above, built by the first layer (native._step)
     _masks: dict = field(default_factory=dict)
 
     def single_mask(self, window: tuple[str, int] | None, block_size: int, dtype: torch.dtype) -> torch.Tensor:

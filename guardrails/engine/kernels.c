@@ -484,6 +484,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void stor
  * bias, norm_w and residual may be NULL. The sum is rounded to the activation dtype before the residual is added, as two PyTorch ops would.
  * scratch: fp32 room for M * (2 K + N) + 16 K values, from the caller (no large buffers on this thread's stack). isa:
  * gr_isa()'s answer. Returns 0, or -1 when M is out of range (the caller then uses its own path). */
+/* Whether gr_gemv_bf16 takes M rows of this product (more than 16 only on AMX, whole tiles, bf16 activations). */
+static int gemv_takes(long M, long N, long K, int act_bf16, int isa) {
+    return M >= 1 && (M <= MAX_M_VECTOR || (M <= MAX_M && isa == 4 && act_bf16 && K % 32 == 0 && N % 16 == 0));
+}
+
 int gr_gemv_bf16(const void *x, const uint16_t *w, const void *bias, const void *residual, void *y, float *scratch,
                  long M, long N, long K, int act_bf16, int out_f32, int prep, const void *norm_w, float eps, int threads,
                  int isa) {
@@ -799,4 +804,160 @@ int gr_attn_decode(const void *qkv, const float *cos, const float *sin, const fl
             for (long i = 0; i < hd; i++) store_act(out, (d * H + g * group + j) * hd + i, o[j * hd + i], bf16);
     }
     return 0;
+}
+
+/* ---- whole blocks of a layer: one call from Python instead of three or two ---------------------------------------
+ *
+ * Each call from Python costs tens of microseconds here, more than its ctypes overhead: the weights streamed by the
+ * kernel before it have evicted the interpreter's working set from the core's caches. So a layer's attention block
+ * and its feed-forward block are one call each.
+ *
+ * The step: what every layer's attention shares (as gr_attn_decode takes it). */
+typedef struct {
+    const float *cos, *sin, *temp;
+    const int64_t *tables, *table_rows, *positions;
+    long table_width, D, block_size;
+    int threads, isa;
+} Step;
+
+/* out[D, hidden] = x + wo @ attention(wqkv @ rmsnorm(x) + bqkv) + bo, the cache written; biases may be NULL.
+ * scratch: fp32 room for gr_attn_block_scratch(...) values. Returns 0, or -1 before touching anything when a
+ * product cannot take D rows (the caller runs its own path). */
+long gr_attn_block_scratch(long D, long hidden, long H, long KVH, long hd, long table_width, long block_size,
+                           int threads) {
+    const long nqkv = (H + 2 * KVH) * hd, k = hidden > H * hd ? hidden : H * hd, n = nqkv > hidden ? nqkv : hidden;
+    const long per_task = H / KVH * (2 * hd + table_width * block_size) + hd;
+    return D * nqkv + D * H * hd + D * (2 * k + n) + 16 * k + (threads > 1 ? threads : 1) * per_task;
+}
+
+int gr_attn_block(const Step *st, const void *x, const void *norm_w, float eps, const uint16_t *wqkv, const void *bqkv,
+                  const uint16_t *wo, const void *bo, void *k_cache, void *v_cache, void *out, float *scratch,
+                  long scratch_len, long hidden, long H, long KVH, long hd, int rope, int temperature, int window_kind,
+                  long window_size, float scale, int l2, float l2_eps, int act_bf16) {
+    const long D = st->D, nqkv = (H + 2 * KVH) * hd;
+    if (!gemv_takes(D, nqkv, hidden, act_bf16, st->isa) || !gemv_takes(D, hidden, H * hd, act_bf16, st->isa) ||
+        hd > 512 || H % KVH ||
+        scratch_len < gr_attn_block_scratch(D, hidden, H, KVH, hd, st->table_width, st->block_size, st->threads))
+        return -1;
+    float *qkv = scratch, *o = qkv + D * nqkv, *rest = o + D * H * hd; /* qkv and o in the activation dtype */
+    const long k = hidden > H * hd ? hidden : H * hd, n = nqkv > hidden ? nqkv : hidden;
+    float *attn_scratch = rest + D * (2 * k + n) + 16 * k;
+    int status = gr_gemv_bf16(x, wqkv, bqkv, NULL, qkv, rest, D, nqkv, hidden, act_bf16, 0, 1, norm_w, eps,
+                              st->threads, st->isa);
+    if (!status)
+        status = gr_attn_decode(qkv, rope ? st->cos : NULL, rope ? st->sin : NULL, temperature ? st->temp : NULL,
+                                k_cache, v_cache, st->tables, st->table_width, st->table_rows, st->positions, o,
+                                attn_scratch, scratch_len - (attn_scratch - scratch), D, H, KVH, hd, st->block_size,
+                                window_kind, window_size, scale, l2, l2_eps, act_bf16, st->threads, st->isa);
+    if (!status)
+        status = gr_gemv_bf16(o, wo, bo, x, out, rest, D, hidden, H * hd, act_bf16, 0, 0, NULL, 0.f, st->threads,
+                              st->isa);
+    return status;
+}
+
+/* out[M, hidden] = x + w2 @ silu-and-multiply(w13 @ rmsnorm(x)): a dense SwiGLU block. scratch: fp32 room for
+ * M 2 inner + M (2 K + N) + 16 K values, K = max(hidden, inner), N = max(2 inner, hidden). Returns 0, or -1 before
+ * touching anything when a product cannot take M rows. */
+int gr_mlp_block(const void *x, const void *norm_w, float eps, const uint16_t *w13, const uint16_t *w2, void *out,
+                 float *scratch, long M, long hidden, long inner, int act_bf16, int threads, int isa) {
+    if (!gemv_takes(M, 2 * inner, hidden, act_bf16, isa) || !gemv_takes(M, hidden, inner, act_bf16, isa)) return -1;
+    float *h = scratch, *rest = h + M * 2 * inner;
+    int status = gr_gemv_bf16(x, w13, NULL, NULL, h, rest, M, 2 * inner, hidden, act_bf16, 0, 1, norm_w, eps, threads,
+                              isa);
+    if (!status)
+        status = gr_gemv_bf16(h, w2, NULL, x, out, rest, M, hidden, inner, act_bf16, 0, 2, NULL, 0.f, threads, isa);
+    return status;
+}
+
+/* The feed-forward block of an MoE layer: out = x + shared(xn) (times sigmoid(xn . shared_gate) when given) + the
+ * routed experts of xn, xn = rmsnorm(x). Routing as MoE.route in model.py: sigmoid_router (Llama 4) takes the top_k
+ * of the raw logits and scales the experts' inputs by their sigmoid; otherwise the top_k of the softmax (renormalised
+ * when norm_topk) scale the experts' outputs. shared_w13 / shared_gate may be NULL. scratch: fp32 room for
+ * gr_moe_block_scratch(...) values. Returns 0, or -1 before touching anything when a product cannot take M rows. */
+long gr_moe_block_scratch(long M, long hidden, long E, long top_k, long inner, long shared_inner) {
+    long k = hidden, n = hidden > E ? hidden : E;
+    if (inner > k) k = inner;
+    if (shared_inner > k) k = shared_inner;
+    if (2 * inner > n) n = 2 * inner;
+    if (2 * shared_inner > n) n = 2 * shared_inner;
+    const long gemv = M * (2 * k + n) + 16 * k, moe = MAX_M * (2 * hidden + 2 * inner + 2 * k + n) + 16 * k;
+    return 2 * M * hidden + M * E + 3 * M * top_k + 2 * M * shared_inner + M + (gemv > moe ? gemv : moe);
+}
+
+int gr_moe_block(const void *x, const void *norm_w, float eps, const uint16_t *router, long E, long top_k,
+                 int sigmoid_router, int norm_topk, const uint16_t *shared_w13, const uint16_t *shared_w2,
+                 long shared_inner, const uint16_t *shared_gate, const uint16_t *w13, const uint16_t *w2, long inner,
+                 void *out, float *scratch, long scratch_len, long M, long hidden, int act_bf16, int threads, int isa) {
+    if (M > MAX_M || E > 256 || top_k > E || top_k > 16 ||
+        scratch_len < gr_moe_block_scratch(M, hidden, E, top_k, inner, shared_inner) ||
+        !gemv_takes(M, E, hidden, act_bf16, isa) || !gemv_takes(M, 1, hidden, act_bf16, isa) ||
+        (shared_w13 && (!gemv_takes(M, 2 * shared_inner, hidden, act_bf16, isa) ||
+                        !gemv_takes(M, hidden, shared_inner, act_bf16, isa))))
+        return -1;
+    float *xn = scratch, *acc = xn + M * hidden, *logits = acc + M * hidden, *scores = logits + M * E;
+    int64_t *ids = (int64_t *)(scores + M * top_k);
+    float *h = (float *)(ids + M * top_k), *gate = h + 2 * M * shared_inner, *rest = gate + M;
+    for (long m = 0; m < M; m++) { /* xn = rmsnorm(x), rounded as the PyTorch norm */
+        float *xf = rest;
+        if (isa >= 2 && act_bf16 && hidden % 16 == 0)
+            prepare_row_avx512(x, m, hidden, 1, norm_w, eps, xf);
+        else
+            prepare_row(x, m, hidden, act_bf16, 1, norm_w, eps, xf);
+        for (long c = 0; c < hidden; c++) store_act(xn, m * hidden + c, xf[c], act_bf16);
+    }
+    int status = gr_gemv_bf16(xn, router, NULL, NULL, logits, rest, M, E, hidden, act_bf16, 0, 0, NULL, 0.f, threads,
+                              isa);
+    for (long m = 0; !status && m < M; m++) { /* route: the top_k experts of token m and their weights */
+        float p[256], total = 0.f, best = -INFINITY;
+        for (long e = 0; e < E; e++) p[e] = load_act(logits, m * E + e, act_bf16);
+        if (!sigmoid_router) {
+            for (long e = 0; e < E; e++) best = p[e] > best ? p[e] : best;
+            for (long e = 0; e < E; e++) total += p[e] = expf(p[e] - best);
+            for (long e = 0; e < E; e++) p[e] /= total;
+        }
+        float picked = 0.f;
+        for (long j = 0; j < top_k; j++) { /* the largest not yet taken; the lowest id on ties */
+            long arg = -1;
+            for (long e = 0; e < E; e++) {
+                int taken = 0;
+                for (long i = 0; i < j; i++) taken |= ids[m * top_k + i] == e;
+                if (!taken && (arg < 0 || p[e] > p[arg])) arg = e;
+            }
+            ids[m * top_k + j] = arg;
+            scores[m * top_k + j] = p[arg];
+            picked += p[arg];
+        }
+        for (long j = 0; j < top_k; j++) {
+            float v = scores[m * top_k + j];
+            if (sigmoid_router) v = 1.f / (1.f + expf(-v));
+            else if (norm_topk) v /= picked;
+            store_act(scores, m * top_k + j, v, act_bf16);
+        }
+    }
+    if (!status && shared_w13) { /* acc = shared(xn) [* sigmoid(xn . gate)] */
+        status = gr_gemv_bf16(xn, shared_w13, NULL, NULL, h, rest, M, 2 * shared_inner, hidden, act_bf16, 0, 0, NULL,
+                              0.f, threads, isa);
+        if (!status)
+            status = gr_gemv_bf16(h, shared_w2, NULL, NULL, acc, rest, M, hidden, shared_inner, act_bf16, 0, 2, NULL,
+                                  0.f, threads, isa);
+        if (!status && shared_gate) {
+            status = gr_gemv_bf16(xn, shared_gate, NULL, NULL, gate, rest, M, 1, hidden, act_bf16, 0, 0, NULL, 0.f,
+                                  threads, isa);
+            for (long m = 0; !status && m < M; m++) {
+                float g = load_act(gate, m, act_bf16);
+                g = 1.f / (1.f + expf(-g));
+                if (act_bf16) g = round_bf16(g);
+                for (long c = 0; c < hidden; c++)
+                    store_act(acc, m * hidden + c, load_act(acc, m * hidden + c, act_bf16) * g, act_bf16);
+            }
+        }
+    } else if (!status) {
+        memset(acc, 0, (size_t)(M * hidden) * (act_bf16 ? 2 : 4));
+    }
+    if (!status)
+        status = gr_moe_bf16(xn, ids, scores, w13, w2, acc, rest, M, top_k, E, hidden, inner, act_bf16, sigmoid_router,
+                             threads, isa);
+    for (long i = 0; !status && i < M * hidden; i++)
+        store_act(out, i, load_act(x, i, act_bf16) + load_act(acc, i, act_bf16), act_bf16);
+    return status;
 }

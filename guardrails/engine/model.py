@@ -82,6 +82,8 @@ class Attention(nn.Module):
         self.window = cfg.attn_windows[layer]
         self.wqkv = nn.Linear(cfg.hidden_size, (cfg.num_heads + 2 * cfg.num_kv_heads) * hd, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.num_heads * hd, cfg.hidden_size, bias=cfg.o_bias)
+        # nothing between the projections and the attention but what the kernel does: one native call for the block
+        self.native_block = cfg.qk_norm in (None, "l2") and cfg.clip_qkv is None
         if cfg.qk_norm in ("head", "full"):
             full = cfg.qk_norm == "full"
             self.q_norm = RMSNorm(cfg.num_heads * hd if full else hd, cfg.rms_norm_eps)
@@ -90,6 +92,26 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, batch: Batch, cache: KVCache | None, norm: RMSNorm) -> torch.Tensor:
         """``x + attention(norm(x))``: the residual and the norm are fused into the projections when they can be."""
         cfg, t, hd, heads = self.cfg, x.shape[0], self.cfg.head_dim, self.heads
+        if self.native_block and cache is not None and batch.table_rows is not None:
+            out = native.attn_block(
+                x,
+                (norm.weight, norm.eps),
+                self.wqkv.weight,
+                self.wqkv.bias,
+                self.wo.weight,
+                self.wo.bias,
+                cache,
+                batch,
+                heads=heads,
+                kv_heads=self.kv_heads,
+                rope=self.use_rope,
+                temperature=not self.use_rope and batch.temperature is not None,
+                l2_eps=cfg.rms_norm_eps if self.use_rope and cfg.qk_norm == "l2" else None,
+                window=self.window,
+                scale=hd**-0.5,
+            )
+            if out is not None:
+                return out
         qkv = linear(x, self.wqkv.weight, self.wqkv.bias, norm=norm)  # [T, (H + 2 KVH) hd]
         if cfg.qk_norm == "full":  # OLMoE: over the whole projection
             q, k, v = qkv.split([heads * hd, self.kv_heads * hd, self.kv_heads * hd], dim=-1)
@@ -149,6 +171,9 @@ class MLP(nn.Module):
         """``x + mlp(norm(x))`` with a norm (a block's feed-forward), ``mlp(x)`` without (a shared expert)."""
         if norm is None:
             return swiglu(x, self.w13, self.w2)
+        out = native.mlp_block(x, (norm.weight, norm.eps), self.w13, self.w2)
+        if out is not None:
+            return out
         return linear(linear(x, self.w13, norm=norm), self.w2, swiglu=True, residual=x)
 
 
@@ -182,6 +207,20 @@ class MoE(nn.Module):
         return top.type_as(x), ids
 
     def forward(self, x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:  # [T, H]
+        out = native.moe_block(
+            x,
+            (norm.weight, norm.eps),
+            self.router,
+            top_k=self.top_k,
+            sigmoid=self.sigmoid,
+            norm_topk=self.norm_topk,
+            shared=None if self.shared is None else (self.shared.w13, self.shared.w2),
+            shared_gate=self.shared_gate,
+            w13=self.w13,
+            w2=self.w2,
+        )
+        if out is not None:
+            return out
         return x + self.experts(norm(x))
 
     def experts(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["MAX_ROWS", "attn_decode", "available", "gemv", "moe"]
+__all__ = ["MAX_ROWS", "attn_block", "attn_decode", "available", "gemv", "mlp_block", "moe", "moe_block"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,16 @@ def _build() -> ctypes.CDLL:
     lib.gr_moe_bf16.restype = ctypes.c_int
     lib.gr_attn_decode.argtypes = [p, p, p, p, p, p, p, n, p, p, p, p, n, n, n, n, n, n, i, n, f, i, f, i, i, i]
     lib.gr_attn_decode.restype = ctypes.c_int
+    lib.gr_attn_block_scratch.argtypes = [n, n, n, n, n, n, n, i]
+    lib.gr_attn_block_scratch.restype = ctypes.c_long
+    lib.gr_attn_block.argtypes = [p, p, p, f, p, p, p, p, p, p, p, p, n, n, n, n, n, i, i, i, n, f, i, f, i]
+    lib.gr_attn_block.restype = ctypes.c_int
+    lib.gr_moe_block_scratch.argtypes = [n, n, n, n, n, n]
+    lib.gr_moe_block_scratch.restype = ctypes.c_long
+    lib.gr_moe_block.argtypes = [p, p, f, p, n, n, i, i, p, p, n, p, p, p, n, p, p, n, n, n, i, i, i]
+    lib.gr_moe_block.restype = ctypes.c_int
+    lib.gr_mlp_block.argtypes = [p, p, f, p, p, p, p, n, n, n, i, i, i]
+    lib.gr_mlp_block.restype = ctypes.c_int
     return lib
 
 
@@ -270,3 +280,206 @@ def attn_decode(
     if status:
         raise RuntimeError(f"gr_attn_decode failed ({status})")
     return out
+
+
+class _Step(ctypes.Structure):
+    """What every layer's attention shares in a step (``Step`` in kernels.c)."""
+
+    _fields_ = [
+        ("cos", ctypes.c_void_p),
+        ("sin", ctypes.c_void_p),
+        ("temp", ctypes.c_void_p),
+        ("tables", ctypes.c_void_p),
+        ("table_rows", ctypes.c_void_p),
+        ("positions", ctypes.c_void_p),
+        ("table_width", ctypes.c_long),
+        ("D", ctypes.c_long),
+        ("block_size", ctypes.c_long),
+        ("threads", ctypes.c_int),
+        ("isa", ctypes.c_int),
+    ]
+
+
+def _step(batch, block_size: int, isa: int) -> tuple[_Step, tuple]:
+    """The step's :class:`_Step` (built once per step and kept on the batch, with the tensors it points into)."""
+    cached = batch.native_step
+    if cached is None or cached[0].isa != isa or cached[0].block_size != block_size:
+        keep = (
+            batch.cos.contiguous() if batch.cos is not None else None,
+            batch.sin.contiguous() if batch.sin is not None else None,
+            batch.temperature.float().contiguous() if batch.temperature is not None else None,
+            batch.tables.to(torch.int64).contiguous(),
+            batch.table_rows.to(torch.int64).contiguous(),
+            batch.positions.to(torch.int64).contiguous(),
+        )
+        step = _Step(
+            *(None if t is None else t.data_ptr() for t in keep),
+            keep[3].shape[1],
+            keep[5].shape[0],
+            block_size,
+            torch.get_num_threads(),
+            isa,
+        )
+        cached = batch.native_step = (step, keep)
+    return cached
+
+
+def attn_block(
+    x: torch.Tensor,  # [D, hidden]
+    norm: tuple[torch.Tensor, float],
+    wqkv: torch.Tensor,
+    bqkv: torch.Tensor | None,
+    wo: torch.Tensor,
+    bo: torch.Tensor | None,
+    cache: tuple[torch.Tensor, torch.Tensor],
+    batch,  # attention.Batch with tables / table_rows set
+    *,
+    heads: int,
+    kv_heads: int,
+    rope: bool,
+    temperature: bool,
+    l2_eps: float | None,
+    window: tuple[str, int] | None,
+    scale: float,
+) -> torch.Tensor | None:
+    """``x + wo @ attention(wqkv @ rmsnorm(x) + bqkv) + bo`` for a whole step in one call (the cache written), or
+    None when the kernels cannot take it (the caller runs the projections and :func:`attn_decode` itself)."""
+    k_cache, v_cache = cache
+    if (
+        x.device.type != "cpu"
+        or wqkv.dtype != torch.bfloat16
+        or wo.dtype != torch.bfloat16
+        or not (wqkv.is_contiguous() and wo.is_contiguous() and k_cache.is_contiguous() and v_cache.is_contiguous())
+        or not _acts_ok(x, norm[0], bqkv, bo, k_cache, v_cache)
+        or (loaded := _lib()) is None
+    ):
+        return None
+    lib, isa = loaded[0], loaded[1] if ISA_CAP is None else min(loaded[1], ISA_CAP)
+    step, _ = _step(batch, k_cache.shape[1], isa)
+    d, hidden = x.shape
+    hd = k_cache.shape[-1]
+    size = lib.gr_attn_block_scratch(d, hidden, heads, kv_heads, hd, step.table_width, step.block_size, step.threads)
+    scratch = _scratch(size)
+    out = torch.empty_like(x)
+    kind, length = (0, 0) if window is None else (1 if window[0] == "chunk" else 2, window[1])
+    status = lib.gr_attn_block(
+        ctypes.byref(step),
+        x.contiguous().data_ptr(),
+        norm[0].data_ptr(),
+        norm[1],
+        wqkv.data_ptr(),
+        None if bqkv is None else bqkv.data_ptr(),
+        wo.data_ptr(),
+        None if bo is None else bo.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        out.data_ptr(),
+        scratch.data_ptr(),
+        scratch.numel(),
+        hidden,
+        heads,
+        kv_heads,
+        hd,
+        rope,
+        temperature,
+        kind,
+        length,
+        scale,
+        l2_eps is not None,
+        0.0 if l2_eps is None else l2_eps,
+        x.dtype == torch.bfloat16,
+    )
+    return out if status == 0 else None
+
+
+def mlp_block(
+    x: torch.Tensor, norm: tuple[torch.Tensor, float], w13: torch.Tensor, w2: torch.Tensor
+) -> torch.Tensor | None:
+    """``x + w2 @ silu-and-multiply(w13 @ rmsnorm(x))`` in one call, or None when the kernels cannot take it."""
+    if (
+        x.device.type != "cpu"
+        or not (isinstance(w13, torch.Tensor) and isinstance(w2, torch.Tensor))
+        or w13.dtype != torch.bfloat16
+        or w2.dtype != torch.bfloat16
+        or not (w13.is_contiguous() and w2.is_contiguous())
+        or not _acts_ok(x, norm[0])
+        or (loaded := _lib()) is None
+    ):
+        return None
+    lib, isa = loaded[0], loaded[1] if ISA_CAP is None else min(loaded[1], ISA_CAP)
+    (m, hidden), inner = x.shape, w2.shape[1]
+    k, n = max(hidden, inner), max(2 * inner, hidden)
+    scratch = _scratch(m * 2 * inner + m * (2 * k + n) + 16 * k)
+    out = torch.empty_like(x)
+    status = lib.gr_mlp_block(
+        x.contiguous().data_ptr(),
+        norm[0].data_ptr(),
+        norm[1],
+        w13.data_ptr(),
+        w2.data_ptr(),
+        out.data_ptr(),
+        scratch.data_ptr(),
+        m,
+        hidden,
+        inner,
+        x.dtype == torch.bfloat16,
+        torch.get_num_threads(),
+        isa,
+    )
+    return out if status == 0 else None
+
+
+def moe_block(
+    x: torch.Tensor,  # [M, hidden]
+    norm: tuple[torch.Tensor, float],
+    router: torch.Tensor,  # [E, hidden]
+    *,
+    top_k: int,
+    sigmoid: bool,
+    norm_topk: bool,
+    shared: tuple[torch.Tensor, torch.Tensor] | None,  # w13 [2 SI, hidden], w2 [hidden, SI]
+    shared_gate: torch.Tensor | None,  # [1, hidden]
+    w13: torch.Tensor,  # [E, 2I, hidden]
+    w2: torch.Tensor,  # [E, hidden, I]
+) -> torch.Tensor | None:
+    """``x + shared(xn) + experts(xn)``, ``xn = rmsnorm(x)``, routed as ``MoE.route``, in one call; None when the
+    kernels cannot take it (the caller runs MoE.experts)."""
+    weights = (router, w13, w2, *(shared or ()), *(() if shared_gate is None else (shared_gate,)))
+    if (
+        x.device.type != "cpu"
+        or not all(isinstance(w, torch.Tensor) and w.dtype == torch.bfloat16 and w.is_contiguous() for w in weights)
+        or not _acts_ok(x, norm[0])
+        or (loaded := _lib()) is None
+    ):
+        return None
+    lib, isa = loaded[0], loaded[1] if ISA_CAP is None else min(loaded[1], ISA_CAP)
+    (m, hidden), (e, inner) = x.shape, (w13.shape[0], w2.shape[2])
+    shared_inner = 0 if shared is None else shared[1].shape[1]
+    scratch = _scratch(lib.gr_moe_block_scratch(m, hidden, e, top_k, inner, shared_inner))
+    out = torch.empty_like(x)
+    status = lib.gr_moe_block(
+        x.contiguous().data_ptr(),
+        norm[0].data_ptr(),
+        norm[1],
+        router.data_ptr(),
+        e,
+        top_k,
+        sigmoid,
+        norm_topk,
+        None if shared is None else shared[0].data_ptr(),
+        None if shared is None else shared[1].data_ptr(),
+        shared_inner,
+        None if shared_gate is None else shared_gate.data_ptr(),
+        w13.data_ptr(),
+        w2.data_ptr(),
+        inner,
+        out.data_ptr(),
+        scratch.data_ptr(),
+        scratch.numel(),
+        m,
+        hidden,
+        x.dtype == torch.bfloat16,
+        torch.get_num_threads(),
+        isa,
+    )
+    return out if status == 0 else None

@@ -252,6 +252,65 @@ def test_bf16_decode_through_the_kernels_matches_pytorch(family, checkpoints, re
         assert (a - b).abs().max() <= 0.05 * spread  # bf16 rounding, not a wrong formula
 
 
+def step_logits(model, monkeypatch, *, blocks: bool) -> tuple[list[torch.Tensor], dict[str, int]]:
+    """Logits of 6 steps serving three requests at once (prompts of 9, 14 and 3 tokens, forced outputs): the
+    prefills then batches of three decodes, with the native layer blocks or with the kernels they chain; and how
+    many calls each block took."""
+    taken = dict.fromkeys(("attn_block", "mlp_block", "moe_block"), 0)
+    for name in taken:
+        kernel = getattr(native, name)
+
+        def counted(*args, _kernel=kernel, _name=name, **kwargs):
+            out = _kernel(*args, **kwargs) if blocks else None
+            taken[_name] += out is not None
+            return out
+
+        monkeypatch.setattr(native, name, counted)
+    seen = []
+
+    def record(logits, params, *args):
+        seen.append(logits.clone())
+        return [(7 * len(seen) + 13 * i) % 200 + 5 for i in range(len(params))]
+
+    monkeypatch.setattr(core_module, "sample", record)
+    core = EngineCore(model, block_size=4, kv_cache_tokens=256)
+    for n in (9, 14, 3):
+        core.add(Sequence(list(range(10 + n, 10 + 2 * n)), SamplingParams(max_tokens=6, ignore_eos=True)))
+    core.run_until_done()
+    monkeypatch.undo()
+    return seen, taken
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_blocks_match_the_kernels_they_chain(family, dtype, checkpoints, monkeypatch):
+    """A layer's attention, dense feed-forward and MoE blocks as one native call each, against the same kernels
+    called one by one from Python: the same bits, but for the MoE routing (the C softmax / sigmoid may round a routing
+    weight the other way)."""
+    model = load_model(checkpoints(family), dtype=torch.bfloat16)
+    if dtype == torch.float32:  # fp32 activations over bf16 weights: what a CPU without native bf16 matmul runs
+        model.act_dtype = torch.float32
+        for module in model.modules():
+            for param in module.parameters(recurse=False):
+                if param.dim() == 1:
+                    param.data = param.data.float()
+    ours, taken = step_logits(model, monkeypatch, blocks=True)
+    theirs, _ = step_logits(model, monkeypatch, blocks=False)
+    assert len(ours) == len(theirs) >= 6
+    cfg = model.cfg
+    moe = any(cfg.moe_layers)
+    assert (taken["attn_block"] > 0) == (cfg.qk_norm in (None, "l2") and cfg.clip_qkv is None)
+    assert (taken["mlp_block"] > 0) == (not all(cfg.moe_layers))
+    assert (taken["moe_block"] > 0) == moe
+    for a, b in zip(ours, theirs, strict=True):
+        assert b.abs().max() > 0.5
+        if moe:
+            assert (a - b).abs().max() <= 0.02 * b.abs().max()
+        else:
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
 def test_without_a_compiler_the_engine_uses_pytorch(without_native, checkpoints):
     assert not native.available()
     assert native.gemv(torch.randn(1, 16), torch.randn(8, 16).to(torch.bfloat16)) is None
