@@ -1,15 +1,18 @@
 /* The engine's native decode kernels (x86-64; elsewhere the build fails and PyTorch's kernels are used).
  *
- * gr_gemv_bf16: y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]) (+ residual[m, n]) for 1 <= m <= 16 rows and bf16
- * weights, with an optional RMS norm or SwiGLU applied to x on the way in. Decoding one token reads every weight once
- * and does two flops per weight, so it is bound by memory bandwidth, not arithmetic. PyTorch's CPU bf16 GEMV does
- * not stream weights at the machine's bandwidth (about a third of it here), so this kernel does the one thing that
- * matters: stream each weight row once, widen bf16 to fp32 with a shift (bf16 is the top half of an fp32), and
+ * gr_gemv_bf16: y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]) (+ residual[m, n]) for 1 <= m <= 16 rows (32 with AMX)
+ * and bf16 weights, with an optional RMS norm or SwiGLU applied to x on the way in. Decoding one token reads every
+ * weight once and does two flops per weight, so it is bound by memory bandwidth, not arithmetic. PyTorch's CPU bf16
+ * GEMV does not stream weights at the machine's bandwidth (about a third of it here), so this kernel does the one thing
+ * that matters: stream each weight row once, widen bf16 to fp32 with a shift (bf16 is the top half of an fp32), and
  * accumulate in fp32 with FMAs, several weight rows at a time, prefetching ahead. Fusing the norm, the SwiGLU and the
  * residual saves the half-dozen small PyTorch ops around each projection (a few microseconds each, 30 layers).
  *
- * gr_attn_decode: RoPE, KV-cache write and attention of a step's tokens (decodes and short prefill chunks) over the
+ * gr_attn_decode: RoPE, KV-cache write and attention of a step's tokens (decodes and prefill chunks) over the
  * paged cache, in one call instead of a dozen PyTorch ops per layer.
+ *
+ * gr_moe_bf16: the routed experts of a decode batch. gr_attn_block, gr_mlp_block, gr_moe_block: a layer's blocks
+ * (projections, attention or experts, residual) as one call each.
  *
  * Activations are fp32 or bf16 (round to nearest even, at the same points as the PyTorch code). Built once by
  * native.py with the system C compiler; AVX-512 and AVX2 versions are selected at run time, with a portable C
@@ -454,7 +457,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void prepare_row_avx
         const __m512 one = _mm512_set1_ps(1.f);
         for (long k = 0; k < K; k += 16) {
             const __m512 g = load16_bf16(row + k, 0xffff), u = load16_bf16(row + K + k, 0xffff);
-            const __m512 a = round512_bf16(_mm512_div_ps(g, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), g)))));
+            const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+            const __m512 a = round512_bf16(_mm512_div_ps(g, _mm512_add_ps(one, e)));
             _mm512_storeu_ps(xf + k, round512_bf16(_mm512_mul_ps(a, u)));
         }
     } else {
@@ -479,19 +483,20 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void stor
         }
 }
 
-/* y[M, N] = prep(x)[M, K] @ w[N, K]^T (+ bias[N]) (+ residual[M, N]).
- * Activations (x, norm_w, bias, residual, y) are all bf16 when act_bf16, else all fp32, but y is fp32 when out_f32;
- * bias, norm_w and residual may be NULL. The sum is rounded to the activation dtype before the residual is added, as two PyTorch ops would.
- * scratch: fp32 room for M * (2 K + N) + 16 K values, from the caller (no large buffers on this thread's stack). isa:
- * gr_isa()'s answer. Returns 0, or -1 when M is out of range (the caller then uses its own path). */
 /* Whether gr_gemv_bf16 takes M rows of this product (more than 16 only on AMX, whole tiles, bf16 activations). */
 static int gemv_takes(long M, long N, long K, int act_bf16, int isa) {
     return M >= 1 && (M <= MAX_M_VECTOR || (M <= MAX_M && isa == 4 && act_bf16 && K % 32 == 0 && N % 16 == 0));
 }
 
+/* y[M, N] = prep(x)[M, K] @ w[N, K]^T (+ bias[N]) (+ residual[M, N]).
+ * Activations (x, norm_w, bias, residual, y) are all bf16 when act_bf16, else all fp32, but y is fp32 when out_f32;
+ * bias, norm_w and residual may be NULL. The sum is rounded to the activation dtype before the residual is added, as
+ * two PyTorch ops would.
+ * scratch: fp32 room for M * (2 K + N) + 16 K values, from the caller (no large buffers on this thread's stack). isa:
+ * gr_isa()'s answer. Returns 0, or -1 when M is out of range (the caller then uses its own path). */
 int gr_gemv_bf16(const void *x, const uint16_t *w, const void *bias, const void *residual, void *y, float *scratch,
-                 long M, long N, long K, int act_bf16, int out_f32, int prep, const void *norm_w, float eps, int threads,
-                 int isa) {
+                 long M, long N, long K, int act_bf16, int out_f32, int prep, const void *norm_w, float eps,
+                 int threads, int isa) {
     if (M < 1 || M > MAX_M || K < 1 || N < 1) return -1;
     float *xf = scratch, *acc = scratch + M * K;
     for (long m = 0; m < M; m++)
@@ -751,7 +756,8 @@ int gr_attn_decode(const void *qkv, const float *cos, const float *sin, const fl
             }
             for (long i = 0; i < hd; i++) {
                 store_act(k_cache, (slot * KVH + g) * hd + i, k[i], bf16);
-                store_act(v_cache, (slot * KVH + g) * hd + i, load_act(qkv, d * row + (H + KVH + g) * hd + i, bf16), bf16);
+                const float v = load_act(qkv, d * row + (H + KVH + g) * hd + i, bf16);
+                store_act(v_cache, (slot * KVH + g) * hd + i, v, bf16);
             }
         }
     }
@@ -881,7 +887,7 @@ long gr_moe_block_scratch(long M, long hidden, long E, long top_k, long inner, l
     if (2 * inner > n) n = 2 * inner;
     if (2 * shared_inner > n) n = 2 * shared_inner;
     const long gemv = M * (2 * k + n) + 16 * k, moe = MAX_M * (2 * hidden + 2 * inner + 2 * k + n) + 16 * k;
-    return 2 * M * hidden + M * E + 3 * M * top_k + 2 * M * shared_inner + M + (gemv > moe ? gemv : moe);
+    return 2 * M * hidden + M * E + 3 * M * top_k + 1 + 2 * M * shared_inner + M + (gemv > moe ? gemv : moe);
 }
 
 int gr_moe_block(const void *x, const void *norm_w, float eps, const uint16_t *router, long E, long top_k,
@@ -895,7 +901,7 @@ int gr_moe_block(const void *x, const void *norm_w, float eps, const uint16_t *r
                         !gemv_takes(M, hidden, shared_inner, act_bf16, isa))))
         return -1;
     float *xn = scratch, *acc = xn + M * hidden, *logits = acc + M * hidden, *scores = logits + M * E;
-    int64_t *ids = (int64_t *)(scores + M * top_k);
+    int64_t *ids = (int64_t *)(scores + (M * top_k + 1) / 2 * 2); /* 8-byte aligned */
     float *h = (float *)(ids + M * top_k), *gate = h + 2 * M * shared_inner, *rest = gate + M;
     for (long m = 0; m < M; m++) { /* xn = rmsnorm(x), rounded as the PyTorch norm */
         float *xf = rest;
