@@ -146,11 +146,12 @@ _HUGE_PAGE = 2 << 20
 
 
 def _on_huge_pages(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tensors copied into one anonymous mapping that asks the kernel for 2 MB pages (``MADV_HUGEPAGE``; Linux's
-    default transparent-huge-page mode, ``madvise``, gives them only on request). Decoding streams every weight once
-    per token: on 4 KB pages that is a TLB miss every 4 KB (costly under virtualisation's nested page walks), and the
-    measured GEMV bandwidth here rises ~30% on huge pages (bench/engine.py's roofline rows). Where the kernel
-    refuses, the copy is plain memory and nothing else changes."""
+    """The tensors moved into one anonymous mapping that asks the kernel for 2 MB pages (``MADV_HUGEPAGE``; Linux's
+    default transparent-huge-page mode, ``madvise``, gives them only on request); ``sd`` is emptied on the way.
+    Decoding streams every weight once per token: on 4 KB pages that is a TLB miss every 4 KB (costly under
+    virtualisation's nested page walks). Measured here, one thread streaming 64 expert-sized 2 MB matrices for one
+    activation row: 8.4 GB/s on 4 KB pages, 11.0 on huge pages. Where the kernel refuses, the copy is plain memory
+    and nothing else changes."""
     if not hasattr(mmap, "MADV_HUGEPAGE"):
         return sd
     offsets, total = {}, 0
@@ -165,7 +166,8 @@ def _on_huge_pages(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     raw = torch.frombuffer(arena, dtype=torch.uint8)  # the tensors keep the mapping alive
     raw = raw[-raw.data_ptr() % _HUGE_PAGE :]  # huge pages are 2 MB aligned
     out = {}
-    for name, t in sd.items():
+    for name in list(sd):  # each original is dropped once copied: the peak is the model plus one tensor, not two models
+        t = sd.pop(name)
         nbytes = t.numel() * t.element_size()
         out[name] = raw[offsets[name] : offsets[name] + nbytes].view(t.dtype).view(t.shape).copy_(t)
     return out

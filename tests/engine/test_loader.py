@@ -100,3 +100,21 @@ def test_missing_tensor_and_unknown_family_are_named(checkpoints, tmp_path):
     (broken / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
     with pytest.raises(ValueError, match=r"config\.json: unsupported model_type 'gpt2'"):
         load_model(broken)
+
+
+def test_weights_move_into_one_huge_page_mapping(checkpoints):
+    """Every CPU weight lives in one mapping advised for 2 MB pages, 64-byte aligned, with its values unchanged."""
+    from guardrails.engine.loader import _on_huge_pages
+
+    sd = {"a": torch.randn(3, 5), "b": torch.arange(7, dtype=torch.int64), "c": torch.randn(64, 64).bfloat16()}
+    expected = {name: t.clone() for name, t in sd.items()}
+    moved = _on_huge_pages(sd)
+    assert sd == {}  # the originals are let go as they are copied
+    starts = sorted(t.data_ptr() for t in moved.values())
+    assert starts[0] % (2 << 20) == 0 and all(p % 64 == 0 for p in starts)
+    assert starts[-1] - starts[0] < 64 * 64 * 2 + 256  # one mapping, packed
+    for name, t in moved.items():
+        assert torch.equal(t, expected[name]) and t.dtype == expected[name].dtype and t.is_contiguous()
+    model = load_model(checkpoints("llama"), dtype=torch.bfloat16)
+    base = model.embed.weight.untyped_storage().data_ptr()
+    assert all(p.untyped_storage().data_ptr() == base for p in model.parameters())
