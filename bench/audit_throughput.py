@@ -73,7 +73,7 @@ def added_latency(path: Path, n: int, rounds: int) -> None:
 
     def per_request(pipe: Pipeline) -> float:
         start = time.perf_counter()
-        for i in range(n):
+        for _ in range(n):
             pipe.run("a blocked request", generate=gen)
         return (time.perf_counter() - start) / n * 1e6
 
