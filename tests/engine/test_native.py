@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,6 +85,32 @@ def test_gemv_splits_large_weights_across_threads(threads, rows, n, k, dtype, is
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(got, (x.double() @ w.double().T).to(dtype), **tolerance(dtype))
+
+
+@needs_native
+def test_kernels_called_from_two_threads_at_once(isa):
+    """The worker pool runs one job at a time; a second caller meanwhile runs its own alone: both results right."""
+    gen, before = torch.Generator().manual_seed(11), torch.get_num_threads()
+    w = torch.randn(1024, 512, generator=gen).to(torch.bfloat16)
+    xs = [torch.randn(3, 512, generator=gen).to(torch.bfloat16) for _ in range(2)]
+    expected = [(x.double() @ w.double().T).to(torch.bfloat16) for x in xs]
+    results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    torch.set_num_threads(2)
+    try:
+        threads = [
+            threading.Thread(target=lambda i=i: results[i].extend(native.gemv(xs[i], w) for _ in range(200)))
+            for i in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        torch.set_num_threads(before)
+    for i in range(2):
+        assert len(results[i]) == 200
+        for got in results[i]:
+            torch.testing.assert_close(got, expected[i], **tolerance(torch.bfloat16))
 
 
 @needs_native
