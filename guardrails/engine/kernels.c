@@ -16,17 +16,16 @@
  *
  * Activations are fp32 or bf16 (round to nearest even, at the same points as the PyTorch code). Built once by
  * native.py with the system C compiler; AVX-512 and AVX2 versions are selected at run time, with a portable C
- * version underneath. Work is split across the kernels' own worker threads (see "the worker pool" below), not
- * OpenMP's.
+ * version underneath. Work is split across OpenMP threads (the process's OpenMP runtime: PyTorch's libgomp is
+ * already loaded under the same soname).
  */
 #define _GNU_SOURCE
 #include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
-#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -64,105 +63,6 @@ static inline uint16_t f32_to_bf16(float f) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
     u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
     return (uint16_t)(u >> 16);
-}
-
-/* ---- the worker pool ------------------------------------------------------------------------------------------
- *
- * Why not OpenMP: libgomp keeps one team per thread that starts parallel regions, and once the process has more
- * OpenMP threads than cores (PyTorch ops run from a second thread: a guard model's runner, the engine's own thread)
- * it stops spin-waiting between regions, so each region wakes its workers through the kernel. Measured here, SmolLM2
- * decoding at batch 1 on 2 threads: with OpenMP 53 tok/s alone, 29 once another (still living) thread had run a
- * 2-thread matmul; with these workers 54 and 55.
- * These workers spin for a while after each job (the next kernel call comes within microseconds while decoding),
- * then sleep on a condition variable. One job at a time: a caller that finds the pool busy (another Python thread's
- * kernel) runs its job alone. */
-
-#define MAX_WORKERS 63
-#define SPIN_NS 200000 /* how long an idle worker polls before it sleeps */
-
-typedef void (*TaskFn)(void *ctx, long task, int worker);
-
-static struct {
-    pthread_mutex_t lock, busy;
-    pthread_cond_t wake;
-    atomic_ulong generation;
-    atomic_long next;
-    atomic_int pending, sleepers;
-    int started, helpers; /* workers running; how many take part in this job */
-    TaskFn fn;
-    void *ctx;
-    long tasks;
-} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .busy = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
-
-static long now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000000000L + ts.tv_nsec;
-}
-
-static void take_tasks(int worker) {
-    for (long t; (t = atomic_fetch_add(&pool.next, 1)) < pool.tasks;) pool.fn(pool.ctx, t, worker);
-}
-
-static unsigned long born[MAX_WORKERS + 1]; /* the generation when each worker was created: its first job is the next */
-
-static void *worker_main(void *arg) {
-    const int id = (int)(intptr_t)arg;
-    unsigned long seen = born[id];
-    for (;;) {
-        const long until = now_ns() + SPIN_NS;
-        for (int i = 0; atomic_load(&pool.generation) == seen; i++) {
-            __builtin_ia32_pause();
-            if ((i & 63) == 63) sched_yield(); /* a spinning OpenMP worker of PyTorch's may want this core */
-            if ((i & 255) == 255 && now_ns() > until) {
-                pthread_mutex_lock(&pool.lock);
-                atomic_fetch_add(&pool.sleepers, 1);
-                while (atomic_load(&pool.generation) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
-                atomic_fetch_sub(&pool.sleepers, 1);
-                pthread_mutex_unlock(&pool.lock);
-            }
-        }
-        seen = atomic_load(&pool.generation);
-        if (id <= pool.helpers) {
-            take_tasks(id);
-            atomic_fetch_sub(&pool.pending, 1);
-        }
-    }
-    return NULL;
-}
-
-static void forget_workers(void) { pool.started = 0; } /* a forked child has none */
-
-/* fn(ctx, task, worker) for task in [0, tasks), on up to `threads` threads (the caller is worker 0). */
-static void parallel_run(TaskFn fn, void *ctx, long tasks, int threads) {
-    if (threads > MAX_WORKERS + 1) threads = MAX_WORKERS + 1;
-    if (threads > tasks) threads = (int)tasks;
-    if (threads <= 1 || pthread_mutex_trylock(&pool.busy)) {
-        for (long t = 0; t < tasks; t++) fn(ctx, t, 0);
-        return;
-    }
-    static int atfork;
-    if (!atfork) atfork = !pthread_atfork(NULL, NULL, forget_workers);
-    while (pool.started < threads - 1) {
-        pthread_t thread;
-        born[pool.started + 1] = atomic_load(&pool.generation);
-        if (pthread_create(&thread, NULL, worker_main, (void *)(intptr_t)(pool.started + 1))) break;
-        pthread_detach(thread);
-        pool.started++;
-    }
-    pool.fn = fn, pool.ctx = ctx, pool.tasks = tasks;
-    pool.helpers = threads - 1 < pool.started ? threads - 1 : pool.started;
-    atomic_store(&pool.next, 0);
-    atomic_store(&pool.pending, pool.helpers);
-    atomic_fetch_add(&pool.generation, 1);
-    if (atomic_load(&pool.sleepers)) {
-        pthread_mutex_lock(&pool.lock);
-        pthread_cond_broadcast(&pool.wake);
-        pthread_mutex_unlock(&pool.lock);
-    }
-    take_tasks(0);
-    while (atomic_load(&pool.pending)) __builtin_ia32_pause();
-    pthread_mutex_unlock(&pool.busy);
 }
 
 /* ---- portable ---------------------------------------------------------------------------------------------- */
@@ -583,22 +483,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void stor
         }
 }
 
-typedef struct {
-    const Problem *p;
-    RowsFn rows;
-    float *acc;
-    long unit, blocks, shares;
-} GemvJob;
-
-/* Share `share` of `shares` of a GEMV's output rows, in whole blocks (static: each thread streams its own slice). */
-static void gemv_share(void *ctx, long share, int worker) {
-    (void)worker;
-    const GemvJob *job = ctx;
-    const long N = job->p->N, b0 = job->blocks * share / job->shares, b1 = job->blocks * (share + 1) / job->shares;
-    const long n0 = b0 * job->unit, n1 = b1 * job->unit < N ? b1 * job->unit : N;
-    if (n0 < n1) job->rows(job->p, n0, n1, job->acc);
-}
-
 /* Whether gr_gemv_bf16 takes M rows of this product (more than 16 only on AMX, whole tiles, bf16 activations). */
 static int gemv_takes(long M, long N, long K, int act_bf16, int isa) {
     return M >= 1 && (M <= MAX_M_VECTOR || (M <= MAX_M && isa == 4 && act_bf16 && K % 32 == 0 && N % 16 == 0));
@@ -639,12 +523,19 @@ int gr_gemv_bf16(const void *x, const uint16_t *w, const void *bias, const void 
         }
     }
     Problem p = {xf, xb, xv, w, M, N, K};
+    RowsFn rows = isa == 4 ? rows_amx : pick(M, isa);
     const long unit = isa == 4 ? 32 : 4; /* rows per block: a thread's share is whole blocks */
-    GemvJob job = {&p, isa == 4 ? rows_amx : pick(M, isa), acc, unit, (N + unit - 1) / unit, threads};
-    if (threads > 1 && N * K >= (1L << 16))
-        parallel_run(gemv_share, &job, threads, threads);
-    else
-        job.rows(&p, 0, N, acc);
+    long blocks = (N + unit - 1) / unit;
+    if (threads > 1 && N * K >= (1L << 16)) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (long t = 0; t < threads; t++) {
+            long b0 = blocks * t / threads, b1 = blocks * (t + 1) / threads;
+            long n0 = b0 * unit, n1 = b1 * unit < N ? b1 * unit : N;
+            if (n0 < n1) rows(&p, n0, n1, acc);
+        }
+    } else {
+        rows(&p, 0, N, acc);
+    }
     if (isa >= 3 && act_bf16 && !out_f32)
         store_bf16_avx512(acc, bias, residual, y, M, N);
     else
@@ -839,73 +730,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void attend_avx512(
 #undef GROUP
 }
 
-typedef struct {
-    const void *qkv;
-    const float *cos, *sin, *temp;
-    void *k_cache, *v_cache, *out;
-    const int64_t *tables, *table_rows, *positions;
-    float *scratch;
-    long table_width, per_task, max_len, H, KVH, group, hd, row, bs, window_size;
-    int window_kind, l2, bf16, isa;
-    float scale, eps;
-} AttnJob;
-
-/* One (token, kv head) pair of gr_attn_decode, in worker `worker`'s slice of the scratch. */
-static void attn_task(void *ctx, long task, int worker) {
-    const AttnJob *job = ctx;
-    const void *qkv = job->qkv;
-    const float *cos = job->cos, *sin = job->sin, *temp = job->temp;
-    void *k_cache = job->k_cache, *v_cache = job->v_cache, *out = job->out;
-    const int64_t *tables = job->tables, *table_rows = job->table_rows, *positions = job->positions;
-    float *scratch = job->scratch;
-    const long table_width = job->table_width, per_task = job->per_task, max_len = job->max_len, H = job->H;
-    const long KVH = job->KVH, group = job->group, hd = job->hd, row = job->row, bs = job->bs;
-    const long window_size = job->window_size;
-    const int window_kind = job->window_kind, l2 = job->l2, bf16 = job->bf16, isa = job->isa;
-    const float scale = job->scale, eps = job->eps;
-    const long d = task / KVH, g = task % KVH, pos = positions[d];
-    const int64_t *table = tables + (table_rows ? table_rows[d] : d) * table_width;
-    float *mine = scratch + worker * per_task;
-    float *q = mine, *o = q + group * hd, *scores = o + group * hd, *kv = scores + group * max_len;
-    for (long j = 0; j < group; j++) {
-        float *qj = q + j * hd;
-        load_row(qkv, d * row + (g * group + j) * hd, hd, bf16, qj);
-        if (cos) {
-            rotate_row(qj, cos + d * hd, sin + d * hd, hd);
-            round_row(qj, hd, bf16);
-            if (l2) l2_row(qj, hd, eps, bf16);
-        } else if (temp) {
-            for (long i = 0; i < hd; i++) qj[i] = bf16 ? round_bf16(qj[i] * temp[d]) : qj[i] * temp[d];
-        }
-    }
-    long first = 0;
-    if (window_kind == 1) first = pos / window_size * window_size;
-    if (window_kind == 2 && pos - window_size + 1 > 0) first = pos - window_size + 1;
-    const long len = pos + 1 - first;
-    if (isa >= 2 && hd % 16 == 0 && group <= 8) {
-        attend_avx512(q, group, hd, k_cache, v_cache, table, bs, KVH, g, first, pos, scale, bf16, scores, o);
-        goto store;
-    }
-    for (long t = first; t <= pos; t++) { /* each key once, for every query head of its group */
-        load_row(k_cache, (slot_of(table, t, bs) * KVH + g) * hd, hd, bf16, kv);
-        for (long j = 0; j < group; j++) scores[j * len + t - first] = dot_f32(q + j * hd, kv, hd) * scale;
-    }
-    for (long j = 0; j < group; j++) {
-        float *sj = scores + j * len, best = -INFINITY, total = 0.f;
-        for (long t = 0; t < len; t++) best = sj[t] > best ? sj[t] : best;
-        for (long t = 0; t < len; t++) total += sj[t] = expf(sj[t] - best);
-        for (long t = 0; t < len; t++) sj[t] /= total;
-    }
-    memset(o, 0, (size_t)(group * hd) * sizeof(float));
-    for (long t = first; t <= pos; t++) {
-        load_row(v_cache, (slot_of(table, t, bs) * KVH + g) * hd, hd, bf16, kv);
-        for (long j = 0; j < group; j++) axpy_f32(o + j * hd, scores[j * len + t - first], kv, hd);
-    }
-store:
-    for (long j = 0; j < group; j++)
-        for (long i = 0; i < hd; i++) store_act(out, (d * H + g * group + j) * hd + i, o[j * hd + i], bf16);
-}
-
 int gr_attn_decode(const void *qkv, const float *cos, const float *sin, const float *temp, void *k_cache,
                    void *v_cache, const int64_t *tables, long table_width, const int64_t *table_rows,
                    const int64_t *positions, void *out,
@@ -937,12 +761,54 @@ int gr_attn_decode(const void *qkv, const float *cos, const float *sin, const fl
             }
         }
     }
-    AttnJob job = {.qkv = qkv, .cos = cos, .sin = sin, .temp = temp, .k_cache = k_cache, .v_cache = v_cache,
-                   .out = out, .tables = tables, .table_rows = table_rows, .positions = positions, .scratch = scratch,
-                   .table_width = table_width, .per_task = per_task, .max_len = max_len, .H = H, .KVH = KVH,
-                   .group = group, .hd = hd, .row = row, .bs = bs, .window_size = window_size,
-                   .window_kind = window_kind, .l2 = l2, .bf16 = bf16, .isa = isa, .scale = scale, .eps = eps};
-    parallel_run(attn_task, &job, D * KVH, threads);
+    const long tasks = D * KVH;
+#pragma omp parallel for num_threads(threads > 1 && tasks > 1 ? threads : 1) schedule(static)
+    for (long task = 0; task < tasks; task++) {
+        const long d = task / KVH, g = task % KVH, pos = positions[d];
+        const int64_t *table = tables + (table_rows ? table_rows[d] : d) * table_width;
+        float *mine = scratch;
+#ifdef _OPENMP
+        mine = scratch + omp_get_thread_num() * per_task;
+#endif
+        float *q = mine, *o = q + group * hd, *scores = o + group * hd, *kv = scores + group * max_len;
+        for (long j = 0; j < group; j++) {
+            float *qj = q + j * hd;
+            load_row(qkv, d * row + (g * group + j) * hd, hd, bf16, qj);
+            if (cos) {
+                rotate_row(qj, cos + d * hd, sin + d * hd, hd);
+                round_row(qj, hd, bf16);
+                if (l2) l2_row(qj, hd, eps, bf16);
+            } else if (temp) {
+                for (long i = 0; i < hd; i++) qj[i] = bf16 ? round_bf16(qj[i] * temp[d]) : qj[i] * temp[d];
+            }
+        }
+        long first = 0;
+        if (window_kind == 1) first = pos / window_size * window_size;
+        if (window_kind == 2 && pos - window_size + 1 > 0) first = pos - window_size + 1;
+        const long len = pos + 1 - first;
+        if (isa >= 2 && hd % 16 == 0 && group <= 8) {
+            attend_avx512(q, group, hd, k_cache, v_cache, table, bs, KVH, g, first, pos, scale, bf16, scores, o);
+            goto store;
+        }
+        for (long t = first; t <= pos; t++) { /* each key once, for every query head of its group */
+            load_row(k_cache, (slot_of(table, t, bs) * KVH + g) * hd, hd, bf16, kv);
+            for (long j = 0; j < group; j++) scores[j * len + t - first] = dot_f32(q + j * hd, kv, hd) * scale;
+        }
+        for (long j = 0; j < group; j++) {
+            float *sj = scores + j * len, best = -INFINITY, total = 0.f;
+            for (long t = 0; t < len; t++) best = sj[t] > best ? sj[t] : best;
+            for (long t = 0; t < len; t++) total += sj[t] = expf(sj[t] - best);
+            for (long t = 0; t < len; t++) sj[t] /= total;
+        }
+        memset(o, 0, (size_t)(group * hd) * sizeof(float));
+        for (long t = first; t <= pos; t++) {
+            load_row(v_cache, (slot_of(table, t, bs) * KVH + g) * hd, hd, bf16, kv);
+            for (long j = 0; j < group; j++) axpy_f32(o + j * hd, scores[j * len + t - first], kv, hd);
+        }
+    store:
+        for (long j = 0; j < group; j++)
+            for (long i = 0; i < hd; i++) store_act(out, (d * H + g * group + j) * hd + i, o[j * hd + i], bf16);
+    }
     return 0;
 }
 

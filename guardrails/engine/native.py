@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 ISA_CAP: int | None = None  # tests lower it to run the AVX2 (1) and portable C (0) kernels on a newer CPU
 MAX_ROWS = 32  # activation rows the GEMV may take (16 without AMX: it then declines more)
 _SOURCE = Path(__file__).with_name("kernels.c")
-_FLAGS = ["-O3", "-fPIC", "-shared", "-pthread", "-std=c11"]
+_FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-std=c11"]
 _LIBS = ["-lm"]
 _local = threading.local()
 

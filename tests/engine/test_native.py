@@ -89,7 +89,8 @@ def test_gemv_splits_large_weights_across_threads(threads, rows, n, k, dtype, is
 
 @needs_native
 def test_kernels_called_from_two_threads_at_once(isa):
-    """The worker pool runs one job at a time; a second caller meanwhile runs its own alone: both results right."""
+    """Two Python threads decoding at once (ctypes lets go of the GIL): each call's rows split over its own OpenMP
+    team and its own scratch, both results right."""
     gen, before = torch.Generator().manual_seed(11), torch.get_num_threads()
     w = torch.randn(1024, 512, generator=gen).to(torch.bfloat16)
     xs = [torch.randn(3, 512, generator=gen).to(torch.bfloat16) for _ in range(2)]
