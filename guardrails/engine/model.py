@@ -124,8 +124,8 @@ class Attention(nn.Module):
         return linear(o.view(t, heads * hd), self.wo.weight, self.wo.bias, residual=x)
 
     def attend_native(self, qkv: torch.Tensor, batch: Batch, cache: KVCache | None) -> torch.Tensor | None:
-        """The step's decodes and short prefill chunks: RoPE, cache write and attention in one native call (None:
-        not this step, or the kernel is unavailable)."""
+        """The step's decodes and prefill chunks: RoPE, cache write and attention in one native call (None: not
+        this step, or the kernel is unavailable)."""
         if cache is None or batch.table_rows is None:
             return None
         return native.attn_decode(

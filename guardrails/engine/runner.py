@@ -51,7 +51,7 @@ class ModelRunner:
         tables = torch.tensor(
             [s.block_table + [0] * (width - len(s.block_table)) for s, _ in every], device=self.device
         )
-        # On the CPU the whole step's attention is one native call per layer (model.Attention.decode). It beats
+        # On the CPU the whole step's attention is one native call per layer (model.Attention). It beats
         # PyTorch's SDPA for prefill chunks too: SmolLM2, one thread, a 512-token prompt in one chunk 440 vs 1002 ms,
         # a 2048-token prompt in chunks of 256 4.5 vs 5.9 s.
         native = self.device.type == "cpu"
