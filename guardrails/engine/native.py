@@ -1,11 +1,12 @@
 """The engine's native kernels (``kernels.c``: small-batch GEMV on bf16 weights with a fused RMS norm, SwiGLU or
-residual; the routed experts of a decode batch; a step's attention over the paged KV cache), built on first use.
+residual; the routed experts of a decode batch; a step's attention over the paged KV cache; a layer's attention,
+feed-forward and MoE blocks as one call each), built on first use.
 
 The C file is compiled once with the system C compiler (``$CC``, else ``cc``) into the engine cache
 (``~/.cache/guardrails/engine/kernels-<hash>.so``, keyed by the source, the compiler and the flags) and loaded with
 ctypes. Anything that goes wrong (no compiler, a failed build, ``GUARDRAILS_NATIVE=0``) leaves the kernels unavailable
-(:func:`gemv` and :func:`attn_decode` return None, :func:`moe` False) and the engine uses PyTorch's kernels instead:
-slower decoding, the same results up to rounding (tests/engine/test_native.py compares the two).
+(every entry point declines: None, or False from :func:`moe`) and the engine uses PyTorch's kernels instead: slower
+decoding, the same results up to rounding (tests/engine/test_native.py compares the two).
 """
 
 from __future__ import annotations
