@@ -901,7 +901,7 @@ int gr_moe_block(const void *x, const void *norm_w, float eps, const uint16_t *r
                         !gemv_takes(M, hidden, shared_inner, act_bf16, isa))))
         return -1;
     float *xn = scratch, *acc = xn + M * hidden, *logits = acc + M * hidden, *scores = logits + M * E;
-    int64_t *ids = (int64_t *)(scores + (M * top_k + 1) / 2 * 2); /* 8-byte aligned */
+    int64_t *ids = (int64_t *)(scratch + (scores + M * top_k - scratch + 1) / 2 * 2); /* 8-byte aligned */
     float *h = (float *)(ids + M * top_k), *gate = h + 2 * M * shared_inner, *rest = gate + M;
     for (long m = 0; m < M; m++) { /* xn = rmsnorm(x), rounded as the PyTorch norm */
         float *xf = rest;
