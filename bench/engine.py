@@ -269,7 +269,7 @@ def roofline(name: str, path: Path) -> dict:
         os.environ["GUARDRAILS_NATIVE"] = "1" if use_native else "0"
         native._lib.cache_clear()
         engine = Engine.from_pretrained(path, dtype=dtype)
-        weights = sum(getattr(t, "q", t).numel() * getattr(t, "q", t).element_size() for t in engine.model.parameters())
+        weights = sum(p.numel() * p.element_size() for p in engine.model.parameters())
         # the larger of: the memory bandwidth, and the bandwidth of reading the model's own weights over and over,
         # which is higher when they fit in the last-level cache (480 MB on some of these machines)
         dram, cached = bandwidth(), bandwidth(weights)

@@ -12,9 +12,9 @@ head_dim]`` tensors; a sequence's block table lists its blocks in order, so slot
 - Each prefill chunk runs its own SDPA (its cost is inherent); a chunk that starts at position 0 attends to its own
   keys directly, a later chunk gathers the cached prefix.
 
-On the CPU the native kernel (``native.attn_decode``, called by ``model.Attention.attend_native``) takes the whole
-step instead, decodes and chunks alike, in one call per layer; this PyTorch code is what runs on CUDA and without a C
-compiler, and what the kernel is tested against.
+On the CPU the native kernels (``native.attn_block``, or ``native.attn_decode`` where the projections stay in Python;
+both from ``model.Attention``) take the whole step instead, decodes and chunks alike, in one call per layer; this
+PyTorch code is what runs on CUDA and without a C compiler, and what the kernels are tested against.
 """
 
 from __future__ import annotations

@@ -483,6 +483,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void stor
         }
 }
 
+/* The fp32 scratch values gr_gemv_bf16 needs for M rows, N outputs and K inputs (as its comment below says). */
+static long gemv_scratch(long M, long N, long K) { return M * (2 * K + N) + 16 * K; }
+
 /* Whether gr_gemv_bf16 takes M rows of this product (more than 16 only on AMX, whole tiles, bf16 activations). */
 static int gemv_takes(long M, long N, long K, int act_bf16, int isa) {
     return M >= 1 && (M <= MAX_M_VECTOR || (M <= MAX_M && isa == 4 && act_bf16 && K % 32 == 0 && N % 16 == 0));
@@ -833,7 +836,7 @@ long gr_attn_block_scratch(long D, long hidden, long H, long KVH, long hd, long 
                            int threads) {
     const long nqkv = (H + 2 * KVH) * hd, k = hidden > H * hd ? hidden : H * hd, n = nqkv > hidden ? nqkv : hidden;
     const long per_task = H / KVH * (2 * hd + table_width * block_size) + hd;
-    return D * nqkv + D * H * hd + D * (2 * k + n) + 16 * k + (threads > 1 ? threads : 1) * per_task;
+    return D * nqkv + D * H * hd + gemv_scratch(D, n, k) + (threads > 1 ? threads : 1) * per_task;
 }
 
 int gr_attn_block(const Step *st, const void *x, const void *norm_w, float eps, const uint16_t *wqkv, const void *bqkv,
@@ -847,7 +850,7 @@ int gr_attn_block(const Step *st, const void *x, const void *norm_w, float eps, 
         return -1;
     float *qkv = scratch, *o = qkv + D * nqkv, *rest = o + D * H * hd; /* qkv and o in the activation dtype */
     const long k = hidden > H * hd ? hidden : H * hd, n = nqkv > hidden ? nqkv : hidden;
-    float *attn_scratch = rest + D * (2 * k + n) + 16 * k;
+    float *attn_scratch = rest + gemv_scratch(D, n, k);
     int status = gr_gemv_bf16(x, wqkv, bqkv, NULL, qkv, rest, D, nqkv, hidden, act_bf16, 0, 1, norm_w, eps,
                               st->threads, st->isa);
     if (!status)
@@ -886,7 +889,7 @@ long gr_moe_block_scratch(long M, long hidden, long E, long top_k, long inner, l
     if (shared_inner > k) k = shared_inner;
     if (2 * inner > n) n = 2 * inner;
     if (2 * shared_inner > n) n = 2 * shared_inner;
-    const long gemv = M * (2 * k + n) + 16 * k, moe = MAX_M * (2 * hidden + 2 * inner + 2 * k + n) + 16 * k;
+    const long gemv = gemv_scratch(M, n, k), moe = MAX_M * (2 * hidden + 2 * inner) + gemv_scratch(MAX_M, n, k);
     return 2 * M * hidden + M * E + 3 * M * top_k + 1 + 2 * M * shared_inner + M + (gemv > moe ? gemv : moe);
 }
 

@@ -92,6 +92,19 @@ def _lib() -> tuple[ctypes.CDLL, int] | None:
     return lib, lib.gr_isa()
 
 
+def _kernels() -> tuple[ctypes.CDLL, int] | None:
+    """The library and the ISA level to run (the CPU's, lowered to :data:`ISA_CAP` when set), or None."""
+    loaded = _lib()
+    if loaded is None or ISA_CAP is None:
+        return loaded
+    return loaded[0], min(loaded[1], ISA_CAP)
+
+
+def _gemv_scratch(m: int, n: int, k: int) -> int:
+    """fp32 values of scratch one ``gr_gemv_bf16`` call of m rows, n outputs and k inputs needs."""
+    return m * (2 * k + n) + 16 * k
+
+
 def available() -> bool:
     """Whether the native kernel is built and loaded (builds it on the first call)."""
     return _lib() is not None
@@ -129,10 +142,10 @@ def gemv(
         or x.device.type != "cpu"
         or not w.is_contiguous()
         or not _acts_ok(x, b, norm_w, residual)
-        or (loaded := _lib()) is None
+        or (kernels := _kernels()) is None
     ):
         return None
-    lib, isa = loaded[0], loaded[1] if ISA_CAP is None else min(loaded[1], ISA_CAP)
+    lib, isa = kernels
     m, (n, k) = x.shape[0], w.shape
     x = x.contiguous()
     out_f32 = out_dtype == torch.float32
@@ -143,7 +156,7 @@ def gemv(
         None if b is None else b.contiguous().data_ptr(),
         None if residual is None else residual.contiguous().data_ptr(),
         y.data_ptr(),
-        _scratch(m * (2 * k + n) + 16 * k).data_ptr(),
+        _scratch(_gemv_scratch(m, n, k)).data_ptr(),
         m,
         n,
         k,
@@ -179,13 +192,13 @@ def moe(
         or w2.dtype != torch.bfloat16
         or not (w13.is_contiguous() and w2.is_contiguous() and out.is_contiguous())
         or not _acts_ok(x, scores, out)
-        or (loaded := _lib()) is None
+        or (kernels := _kernels()) is None
     ):
         return False
-    lib, isa = loaded[0], loaded[1] if ISA_CAP is None else min(loaded[1], ISA_CAP)
+    lib, isa = kernels
     e, two_i, h = w13.shape
     i, k = two_i // 2, max(h, two_i // 2)
-    scratch = _scratch(MAX_ROWS * (2 * h + two_i + 2 * k + max(two_i, h)) + 16 * k)
+    scratch = _scratch(MAX_ROWS * (2 * h + two_i) + _gemv_scratch(MAX_ROWS, max(two_i, h), k))
     status = lib.gr_moe_bf16(
         x.contiguous().data_ptr(),
         ids.to(torch.int64).contiguous().data_ptr(),
@@ -235,10 +248,10 @@ def attn_decode(
         or heads % kv_heads
         or not _acts_ok(qkv, k_cache, v_cache)
         or not (k_cache.is_contiguous() and v_cache.is_contiguous())
-        or (loaded := _lib()) is None
+        or (kernels := _kernels()) is None
     ):
         return None
-    lib, isa = loaded[0], loaded[1] if ISA_CAP is None else min(loaded[1], ISA_CAP)
+    lib, isa = kernels
     d, bs = qkv.shape[0], k_cache.shape[1]
     tables = tables.to(torch.int64).contiguous()
     positions = positions.to(torch.int64).contiguous()
@@ -352,10 +365,10 @@ def attn_block(
         or wo.dtype != torch.bfloat16
         or not (wqkv.is_contiguous() and wo.is_contiguous() and k_cache.is_contiguous() and v_cache.is_contiguous())
         or not _acts_ok(x, norm[0], bqkv, bo, k_cache, v_cache)
-        or (loaded := _lib()) is None
+        or (kernels := _kernels()) is None
     ):
         return None
-    lib, isa = loaded[0], loaded[1] if ISA_CAP is None else min(loaded[1], ISA_CAP)
+    lib, isa = kernels
     step, _ = _step(batch, k_cache.shape[1], isa)
     d, hidden = x.shape
     hd = k_cache.shape[-1]
@@ -404,13 +417,12 @@ def mlp_block(
         or w2.dtype != torch.bfloat16
         or not (w13.is_contiguous() and w2.is_contiguous())
         or not _acts_ok(x, norm[0])
-        or (loaded := _lib()) is None
+        or (kernels := _kernels()) is None
     ):
         return None
-    lib, isa = loaded[0], loaded[1] if ISA_CAP is None else min(loaded[1], ISA_CAP)
+    lib, isa = kernels
     (m, hidden), inner = x.shape, w2.shape[1]
-    k, n = max(hidden, inner), max(2 * inner, hidden)
-    scratch = _scratch(m * 2 * inner + m * (2 * k + n) + 16 * k)
+    scratch = _scratch(m * 2 * inner + _gemv_scratch(m, max(2 * inner, hidden), max(hidden, inner)))
     out = torch.empty_like(x)
     status = lib.gr_mlp_block(
         x.contiguous().data_ptr(),
@@ -450,10 +462,10 @@ def moe_block(
         x.device.type != "cpu"
         or not all(isinstance(w, torch.Tensor) and w.dtype == torch.bfloat16 and w.is_contiguous() for w in weights)
         or not _acts_ok(x, norm[0])
-        or (loaded := _lib()) is None
+        or (kernels := _kernels()) is None
     ):
         return None
-    lib, isa = loaded[0], loaded[1] if ISA_CAP is None else min(loaded[1], ISA_CAP)
+    lib, isa = kernels
     (m, hidden), (e, inner) = x.shape, (w13.shape[0], w2.shape[2])
     shared_inner = 0 if shared is None else shared[1].shape[1]
     scratch = _scratch(lib.gr_moe_block_scratch(m, hidden, e, top_k, inner, shared_inner))

@@ -158,7 +158,8 @@ def test_fused_experts_match_the_per_expert_loop(kind, tokens, dtype, isa, monke
     for param in moe.parameters():
         param.data = torch.randn(param.shape, generator=gen) * param.shape[-1] ** -0.5
     moe.w13.data, moe.w2.data = moe.w13.data.bfloat16(), moe.w2.data.bfloat16()
-    moe.to(dtype) if dtype == torch.bfloat16 else None
+    if dtype == torch.bfloat16:
+        moe.to(dtype)
     x = torch.randn(tokens, 64, generator=gen).to(dtype)
     calls = []
     fused = native.moe
