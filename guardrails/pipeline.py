@@ -743,7 +743,8 @@ class _Request:
         limited = self._audit_refusal(Stage.INPUT) or _input_limits(self.compiled, self.messages)
         if limited is not None:
             return limited
-        verdict = await run_stage(Stage.INPUT, self.compiled, _input_items(self.messages))
+        items = _input_items(self.messages) if self.compiled.input else []  # none to build for no scanners
+        verdict = await run_stage(Stage.INPUT, self.compiled, items)
         if verdict.effective is Decision.REDACT:
             spans = _redaction_spans(verdict, self.compiled)
             self.messages = tuple(
@@ -759,7 +760,8 @@ class _Request:
         limit = self.compiled.policy.limits.max_output_chars
         if len(response) > limit:
             return _limit_verdict(Stage.OUTPUT, f"response of {len(response)} characters; the limit is {limit}")
-        return await run_stage(Stage.OUTPUT, self.compiled, [_output_item(self.messages, response)])
+        items = [_output_item(self.messages, response)] if self.compiled.output else []
+        return await run_stage(Stage.OUTPUT, self.compiled, items)
 
     def redact_output(self, response: str, verdict: Verdict) -> str:
         if verdict.effective is not Decision.REDACT:

@@ -122,10 +122,11 @@ class _PolicyBase(_Strict):
     @property
     def hash(self) -> str:
         """SHA-256 of the resolved policy (routes and the extends path left out)."""
-        if not self._hash:
+        private = self.__pydantic_private__  # read directly: ``self._hash`` goes through pydantic's __getattr__
+        if not private["_hash"]:
             content = self.model_dump(mode="json", exclude={"routes", "extends"})
-            self._hash = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-        return self._hash
+            private["_hash"] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        return private["_hash"]
 
 
 @lru_cache(maxsize=8)

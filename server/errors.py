@@ -117,11 +117,15 @@ def error_body(exc: ServerError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code, **exc.extra}}
 
 
+# One encoder for every answer: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
 class JSON(JSONResponse):
     """JSON in ASCII: text that arrived as JSON escapes (a lone surrogate, say) goes back out as escapes."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+        return _encode(content).encode()
 
 
 def error_response(exc: ServerError) -> JSONResponse:

@@ -65,6 +65,14 @@ class StreamedResponse:
         self._done = False
 
     async def read(self) -> bytes:
+        headers = self.headers
+        if "content-length" in headers and headers.get("transfer-encoding", "").lower() != "chunked":
+            try:  # the common answer, in one read (no generator per chunk)
+                data = await self._connection.reader.readexactly(int(headers["content-length"]))
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                raise ProtocolError(f"the upstream connection broke: {type(exc).__name__}") from None
+            self._done = True
+            return data
         return b"".join([chunk async for chunk in self._chunks()])
 
     async def lines(self) -> AsyncIterator[str]:

@@ -81,8 +81,11 @@ def _transport_error(exc: BaseException, timeout: float) -> ServerError:
     return UpstreamError(f"the upstream connection failed: {exc}", code="upstream_error")
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder (json.dumps with options builds one a call)
+
+
 def _dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()  # ASCII: a lone surrogate stays an escape
+    return _encode(body).encode()  # ASCII: a lone surrogate stays an escape
 
 
 class HTTPUpstream:

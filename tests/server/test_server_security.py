@@ -143,6 +143,30 @@ def test_validation_errors_do_not_echo_content(proxy):
     assert response.status_code == 400 and "zebra" not in response.text
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize(
+    ("content", "content_type", "param"),
+    [
+        ('{"model": "m", "messages": []}', "application/json", "messages"),  # a JSON object: the fast path
+        ('{"model": "m", "prompt": 7}', "application/json; charset=utf-8", None),
+        ('{"model": "m", "messages": []}', "application/vnd.api+json", "messages"),
+        ('[{"model": "m"}]', "application/json", None),  # the rest: FastAPI's route
+        ('{"model": "m",', "application/json", None),
+        ("", "application/json", None),
+        ('{"model": "m", "prompt": "hi"}', "text/plain", None),
+    ],
+)
+def test_invalid_bodies_are_the_same_400_on_either_way_in(proxy, path, content, content_type, param):
+    headers = {"Authorization": f"Bearer {USER_KEY}", "Content-Type": content_type}
+    response = httpx.post(proxy.url + path, content=content, headers=headers)
+    error = response.json()["error"]
+    assert response.status_code == 400 and response.headers["x-request-id"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_request"
+    assert error["message"].startswith("invalid request: ")
+    if param is not None and path == "/v1/chat/completions":
+        assert error["param"] == param
+
+
 def test_keys_are_resolved_by_hash_only():
     ring = KeyRing([KeyEntry(hash=hash_key("k"), tenant="t", route="r")], Settings(api_keys=[]))
     principal = ring.resolve("k")
