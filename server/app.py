@@ -3,12 +3,13 @@
 Layers, outermost first: :class:`_Edge` (request id on every response, body-size limit, metrics and one log line
 per request, never content) -> FastAPI routing -> auth and rate limit (:func:`caller`) -> body validation -> the
 endpoint, which hands the request to :mod:`server.proxy` / :mod:`server.streaming` and the pipeline. The two
-generation endpoints take a shorter way: :class:`_Edge` authorizes, validates and calls :func:`generation` itself
-when the body is a JSON object, skipping FastAPI's routing, dependency and body machinery (about half of the proxy's
-own CPU per request, measured with ``bench/proxy.py``); their FastAPI routes remain for the OpenAPI schema and answer
-every other body (empty, not JSON, not an object) as before. The pipeline and
-the upstream are built at start-up (lifespan) unless given; shutdown closes the upstream and the pipeline, which
-flushes the audit log (uvicorn first lets in-flight requests finish, up to ``shutdown_timeout``).
+generation endpoints take a shorter way: for a JSON-object body, :class:`_Edge` authorizes, validates and calls
+:func:`generation` itself, skipping FastAPI's middleware, routing, dependency and body machinery (some 40% of the
+proxy's own CPU per request in a profile under ``bench/proxy.py``); their FastAPI routes stay for the OpenAPI schema
+and answer every other body (empty, not JSON, not an object) as before.
+
+The pipeline and the upstream are built at start-up (lifespan) unless given; shutdown closes the upstream and the
+pipeline, which flushes the audit log (uvicorn first lets in-flight requests finish, up to ``shutdown_timeout``).
 """
 
 from __future__ import annotations
