@@ -217,7 +217,7 @@ def model_card(run: Run, metadata: dict[str, str], size: int) -> str:
         f"highest-scoring 256-token window of the text{category}. Recommended threshold: flag when the score is "
         f"above **{run.report['thresholds']['recommended']:.6g}** (thresholds are in the weights' metadata).",
         "",
-        f"Trained by `python -m guardrails.train {spec.name}` (`guardrails/train.py`).",
+        f"Trained by `python -m guardrails.train {spec.name}` (`guardrails/train/`).",
         "",
         "## Base encoder and head",
         "",
