@@ -98,8 +98,9 @@ def _linear(x: torch.Tensor, w: torch.Tensor | Int8Weight, b: torch.Tensor | Non
         return y if b is None else y + b
     if w.dtype == x.dtype:
         return F.linear(x, w, b)
-    if x.shape[0] == 1:
-        return F.linear(x.to(w.dtype), w, b).to(x.dtype)
+    if x.shape[0] == 1:  # the bias joins in x's dtype: F.linear refused a bf16 input with an fp32 bias (AVX2 CPU)
+        y = F.linear(x.to(w.dtype), w).to(x.dtype)
+        return y if b is None else y + b.to(x.dtype)
     rows = max(1, _SCRATCH_ELEMENTS // w.shape[1])
     bias = None if b is None else b.to(x.dtype)
     if w.shape[0] <= rows:
@@ -111,7 +112,14 @@ def _linear(x: torch.Tensor, w: torch.Tensor | Int8Weight, b: torch.Tensor | Non
 
 def _upcast(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     scratch = getattr(_local, "scratch", None)
-    if scratch is None or scratch.numel() < w.numel() or scratch.dtype != dtype or scratch.device != w.device:
+    if (
+        scratch is None
+        or scratch.numel() < w.numel()
+        or scratch.dtype != dtype
+        or scratch.device != w.device
+        # made under inference_mode, it cannot be written outside it (a thread that ran a step, then a plain call)
+        or (scratch.is_inference() and not torch.is_inference_mode_enabled())
+    ):
         scratch = _local.scratch = torch.empty(max(w.numel(), _SCRATCH_ELEMENTS), dtype=dtype, device=w.device)
     return scratch[: w.numel()].view(w.shape).copy_(w)
 

@@ -118,3 +118,18 @@ def test_weights_move_into_one_huge_page_mapping(checkpoints):
     model = load_model(checkpoints("llama"), dtype=torch.bfloat16)
     base = model.embed.weight.untyped_storage().data_ptr()
     assert all(p.untyped_storage().data_ptr() == base for p in model.parameters())
+
+
+def test_bf16_weights_upcast_in_and_out_of_inference_mode():
+    """The per-thread scratch that bf16 weights are widened into: made under inference_mode (a decode step), it is
+    replaced, not written, when the same thread later computes outside it (a plain call, as the parity tests make)."""
+    from guardrails.engine import native
+    from guardrails.engine.quant import linear
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(48, 32, generator=gen).to(torch.bfloat16)
+    x = torch.randn(native.MAX_ROWS + 8, 32, generator=gen)  # more rows than the native GEMV takes
+    expected = x @ w.float().T
+    with torch.inference_mode():
+        assert torch.allclose(linear(x, w), expected, atol=1e-4)
+    assert torch.allclose(linear(x, w), expected, atol=1e-4)
