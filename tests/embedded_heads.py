@@ -7,12 +7,17 @@ from pathlib import Path
 import numpy as np
 
 from guardrails.embedded import Head, save_head, shared_encoder
+from guardrails.embedded.encoder import WIDTH
 
 LG_LABELS = ("safe", *(f"S{i}" for i in range(1, 15)))
 
 
 def direction(text: str) -> np.ndarray:
-    return np.array(shared_encoder().embed_first_window([text])[0])
+    """The text's sentence embedding inside the features (the middle layer's part zeroed): x @ direction is the
+    cosine of two texts' sentence embeddings."""
+    features = np.array(shared_encoder().embed_first_window([text])[0])
+    features[WIDTH:] = 0.0
+    return features
 
 
 def attack_head(path: Path, trigger: str, sharpness: float = 20.0) -> Path:

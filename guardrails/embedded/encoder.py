@@ -1,5 +1,11 @@
-"""all-MiniLM-L6-v2 sentence embeddings: mean pooling over tokens, then L2 normalisation (sentence-transformers'
-definition), over overlapping windows of at most 256 tokens (the length the encoder was trained at)."""
+"""all-MiniLM-L6-v2 features over overlapping windows of at most 256 tokens (the length the encoder was trained at).
+
+A window's features are two mean-pooled, L2-normalised vectors side by side (768 numbers): the last layer's, which
+is the model's sentence embedding (sentence-transformers' definition), and layer 3's. The middle layer keeps more of
+the wording than the sentence embedding does, and the wording is what gives an injection away: on the dev split,
+a head over both found 97% of English attack rows at 1% FPR where a head over the sentence embedding alone found
+92% (measured when the features were chosen; the model cards give the shipped heads' figures).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,14 @@ from typing import Any
 from guardrails._exceptions import ScannerError
 from guardrails.models.runtime import BatchRunner, pad_right
 
-__all__ = ["MiniLMEncoder", "shared_encoder", "DIM"]
+__all__ = ["MiniLMEncoder", "shared_encoder", "DIM", "FEATURES", "WIDTH", "WIDTHS"]
 
-DIM = 384
+WIDTH = 384  # the model's hidden size
+MIDDLE_LAYER = 3  # hidden_states[3]: the output of the third of six layers
+DIM = 2 * WIDTH
+FEATURES = "mean-pooled last layer (the sentence embedding) and mean-pooled layer 3, each L2-normalised"
+# A head reads the leading columns it was trained on: the sentence embedding alone (WIDTH) or both pools (DIM).
+WIDTHS = (WIDTH, DIM)
 RECENT = 2048  # texts whose embeddings are remembered
 
 
@@ -74,14 +85,17 @@ class MiniLMEncoder:
         torch = self._torch
         input_ids, mask = pad_right(batch, self._pad)
         with torch.inference_mode():
-            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (batch, len, 384)
-            weights = mask.unsqueeze(-1).to(hidden.dtype)  # (batch, len, 1)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-9)  # (batch, 384)
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.tolist()
+            out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+            weights = mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (batch, len, 1)
+            count = weights.sum(dim=1).clamp_min(1e-9)
+            pooled = [  # each (batch, 384)
+                torch.nn.functional.normalize((hidden * weights).sum(dim=1) / count, p=2, dim=1)
+                for hidden in (out.last_hidden_state, out.hidden_states[MIDDLE_LAYER])
+            ]
+        return torch.cat(pooled, dim=1).tolist()  # (batch, DIM)
 
     async def embed_windows(self, texts: Sequence[str]) -> list[list[tuple[list[float], tuple[int, int] | None]]]:
-        """For each text, (embedding, character span) per window.
+        """For each text, (features, character span) per window.
 
         Recent texts are remembered, in flight too: the embedded scanners of one request (prompt-guard-mini and
         llama-guard-mini on the same turn) share one forward pass instead of running two.
@@ -126,7 +140,7 @@ class MiniLMEncoder:
             at += len(windows)
 
     def embed_first_window(self, texts: Sequence[str]) -> list[list[float]]:
-        """One embedding per text from its first window (training and offline use), batched, synchronously."""
+        """The features of each text's first window (training and offline use), batched, synchronously."""
         return self.runner.submit([self.windows(t)[0][0] for t in texts]).result()
 
 

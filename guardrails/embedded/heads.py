@@ -1,4 +1,4 @@
-"""Small classification heads over sentence embeddings, stored as safetensors with their labels in the metadata.
+"""Small classification heads over the encoder's features, stored as safetensors with their labels in the metadata.
 
 A head is a two-layer perceptron ``softmax(W2 relu(W1 x + b1) + b2)`` (or a single layer when ``W1`` is absent),
 evaluated in numpy: no framework is needed to run one.
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from guardrails._exceptions import ScannerError
 
 __all__ = ["Head", "load_head", "save_head", "weights_path"]
 
@@ -31,8 +33,13 @@ class Head:
     b2: np.ndarray  # (labels,)
     metadata: dict[str, str]
 
+    @property
+    def input_dim(self) -> int:
+        return int((self.w2 if self.w1 is None else self.w1).shape[1])
+
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """(n, dim) embeddings -> (n, labels) probabilities."""
+        """(n, >= input_dim) features -> (n, labels) probabilities, from the leading ``input_dim`` features."""
+        x = x[:, : self.input_dim]
         h = x if self.w1 is None else np.maximum(x @ self.w1.T + self.b1, 0.0)  # (n, hidden)
         logits = h @ self.w2.T + self.b2  # (n, labels)
         logits = logits - logits.max(axis=1, keepdims=True)
@@ -50,7 +57,8 @@ def save_head(head: Head, path: Path) -> None:
     save_file(tensors, str(path), metadata={"name": head.name, "labels": json.dumps(head.labels), **head.metadata})
 
 
-def load_head(path: Path) -> Head:
+def load_head(path: Path, *, widths: tuple[int, ...] | None = None) -> Head:
+    """The head in ``path``; with ``widths``, a :class:`ScannerError` unless it takes one of those feature counts."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as f:
@@ -58,4 +66,11 @@ def load_head(path: Path) -> Head:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a mapping
     labels = tuple(json.loads(metadata.pop("labels")))
     name = metadata.pop("name")
-    return Head(name, labels, tensors.get("w1"), tensors.get("b1"), tensors["w2"], tensors["b2"], metadata)
+    head = Head(name, labels, tensors.get("w1"), tensors.get("b1"), tensors["w2"], tensors["b2"], metadata)
+    if widths is not None and head.input_dim not in widths:
+        takes = " or ".join(map(str, widths))
+        raise ScannerError(
+            f"{path} takes {head.input_dim} features per window; heads of this encoder take {takes}: "
+            f"retrain it with `python -m guardrails.train {name} --data ../shared/data`"
+        )
+    return head

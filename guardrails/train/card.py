@@ -217,7 +217,7 @@ def model_card(run: Run, metadata: dict[str, str], size: int) -> str:
         f"highest-scoring 256-token window of the text{category}. Recommended threshold: flag when the score is "
         f"above **{run.report['thresholds']['recommended']:.6g}** (thresholds are in the weights' metadata).",
         "",
-        f"Trained by `python -m guardrails.train {spec.name}` (`guardrails/train.py`).",
+        f"Trained by `python -m guardrails.train {spec.name}` (`guardrails/train/`).",
         "",
         "## Base encoder and head",
         "",
@@ -243,7 +243,9 @@ def model_card(run: Run, metadata: dict[str, str], size: int) -> str:
         "chosen by the hash of the id.",
         f"- Hard benign rows (wildguard_benign, the clean rows of bipia_train and bastioncorpus, hatecheck's "
         f"non-hateful rows): weight x{cfg.hard_weight:g}; then both classes are balanced to equal total weight.",
-        "- Excluded: cyberseceval_insecure_code (evaluation only), benign_code (code; no label for this head), rows "
+        "- benign_code (source files of algorithms, `lang` code; no attack or harm label in DATA.md): negatives, "
+        "as neither an override technique nor a hazard is in them; without them a head flags ordinary code.",
+        "- Excluded: cyberseceval_insecure_code (evaluation only), rows "
         f"without a `{spec.field}` label"
         + (", and every non-English row from training: in these sets all of them are positives, and a head "
            "trained on them flags ordinary non-English prompts (measured: see the language tables)"
@@ -274,12 +276,14 @@ def model_card(run: Run, metadata: dict[str, str], size: int) -> str:
         "",
         "## Known limits",
         "",
-        "- The encoder is English-centric (all-MiniLM-L6-v2) and training was English-only: recall on other "
-        "languages is low (see the language table), and few non-English benign rows exist to measure FPR on.",
+        "- The encoder is English-centric (all-MiniLM-L6-v2, an English WordPiece vocabulary) and training was "
+        "English-only: recall on other languages is lower and uneven (see the language table; scripts the vocabulary "
+        "lacks, such as Hindi and Bengali, fare worst), and few non-English benign rows exist to measure FPR on.",
         "- Hard negatives are scarce: benign text that mentions instructions, role play, system prompts or hazards "
         "is a small share of the benign rows, so the false-positive rate on such traffic is the least certain "
         "figure here.",
-        "- Mean pooling over a 256-token window dilutes a short instruction inside a long document.",
+        "- Mean pooling over a 256-token window dilutes a short instruction inside a long document (the middle "
+        "layer's pool keeps more of the wording than the sentence embedding, not all of it).",
         "- Thresholds are chosen and reported on the same dev rows, and many dev rows have near-duplicates in "
         "training; the leave-one-set-out figures are the honest estimate for unseen sources.",
         f"- Training and these metrics saw at most the first {cfg.max_windows} windows (~1,800 tokens) of a text; a "
