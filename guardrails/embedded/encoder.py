@@ -1,10 +1,13 @@
 """all-MiniLM-L6-v2 features over overlapping windows of at most 256 tokens (the length the encoder was trained at).
 
 A window's features are two mean-pooled, L2-normalised vectors side by side (768 numbers): the last layer's, which
-is the model's sentence embedding (sentence-transformers' definition), and layer 3's. The middle layer keeps more of
-the wording than the sentence embedding does, and the wording is what gives an injection away: on the dev split,
-a head over both found 97% of English attack rows at 1% FPR where a head over the sentence embedding alone found
-92% (measured when the features were chosen; the model cards give the shipped heads' figures).
+is the model's sentence embedding (sentence-transformers' definition), and layer 3's. A head reads the leading ones
+it was trained on: 384 (the sentence embedding) or all 768. The middle layer keeps more of the wording than the
+sentence embedding does, and the wording is what gives an injection away: on the dev split, a prompt-guard head over
+both found 97% of English attack rows at 1% FPR where one over the sentence embedding alone found 92%. It also lets
+a head latch onto wording it never saw: without benign code among the training negatives, heads over both flagged
+half of a set of benign code files (prompt-guard) or of token-like strings (llama-guard). Measured when the features
+were chosen; the model cards give the shipped heads' figures.
 """
 
 from __future__ import annotations
