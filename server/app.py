@@ -250,7 +250,6 @@ class _Edge:
     def __init__(self, app: ASGIApp, *, services: Services) -> None:
         self.app = app
         self.services = services
-        self._in_flight: dict[str, Any] = {}  # label children by endpoint: looked up on every request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -273,9 +272,7 @@ class _Edge:
         path = scope["path"]
         endpoint = path if path in _KNOWN_PATHS else "other"
         fast = _GENERATION.get(path) if scope["method"] == "POST" else None
-        gauge = self._in_flight.get(endpoint)
-        if gauge is None:
-            gauge = self._in_flight[endpoint] = metrics.in_flight.labels(endpoint)
+        gauge = metrics.in_flight_for(endpoint)
         gauge.inc()
         try:
             body = await self._read_body(scope, receive)

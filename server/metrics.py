@@ -132,6 +132,7 @@ class Metrics:
         )
         self._live: _Live | None = None
         self._children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+        self._in_flight: dict[str, Any] = {}
 
     def watch(self, pipeline: Pipeline) -> None:
         """Read the audit spool and the model runners of ``pipeline`` at every scrape."""
@@ -150,6 +151,13 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(seconds)
+
+    def in_flight_for(self, endpoint: str) -> Any:
+        """The in-flight gauge of ``endpoint`` (label child cached: this runs on every request)."""
+        gauge = self._in_flight.get(endpoint)
+        if gauge is None:
+            gauge = self._in_flight[endpoint] = self.in_flight.labels(endpoint)
+        return gauge
 
     def observe(self, result: Result | None) -> None:
         if result is None:

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from guardrails._exceptions import GuardrailError
-from guardrails.embedded.encoder import DIM, FEATURES
+from guardrails.embedded.encoder import DIM, FEATURES, WIDTH
 from guardrails.embedded.heads import Head, save_head, weights_path
 from guardrails.evaluate import Row, read_rows, roc_auc, tpr_at_fpr
 
@@ -78,7 +78,8 @@ TRAINABLE = frozenset(
 )
 SHORT_BENIGN = ("clinc150_utterances", "banking77_utterances", "gsm8k_questions")
 # Benign source files: neither an override technique nor a hazard, so negatives for both heads (DATA.md leaves their
-# attack and harm unlabelled). Without them a head never sees code and flags it: measured, see the cards.
+# attack and harm unlabelled). Without them a head never sees code: a prompt-guard head over both feature pools
+# flagged about half of the benign code files it had not seen (guardrails/embedded/encoder.py).
 CODE_NEGATIVES = ("benign_code",)
 HARD_BENIGN = ("wildguard_benign", "bipia_train", "bastioncorpus")  # every clean row of these; hatecheck: harm == 0
 S_CODES = tuple(f"S{i}" for i in range(1, 15))
@@ -501,7 +502,7 @@ def categories(dev: Scored, spec: Spec, threshold: float) -> dict[str, Any]:
 def near_duplicates(first: np.ndarray, sets: np.ndarray, query: np.ndarray, pool: np.ndarray, *, other_sets: bool,
                     cutoff: float = 0.95) -> dict[str, float]:  # fmt: skip
     """Per set, the share of its ``query`` rows whose first window lies within cosine ``cutoff`` of a ``pool`` row
-    (with ``other_sets``: of a pool row from another set). ``first``: (rows, dim) first-window embeddings."""
+    (with ``other_sets``: of a pool row from another set). ``first``: (rows, dim) unit first-window embeddings."""
     q, p = np.flatnonzero(query), np.flatnonzero(pool)
     if not len(q) or not len(p):
         return {}
@@ -584,7 +585,7 @@ def train(spec: Spec, cfg: Config) -> Run:
     dev = Scored(dev_rows, *score(head, bag_dev))
     report = measure(spec, dev, head, bag_probe, [lang for lang, _ in probes], bag_diag, diagnostic)
     every = train_rows + dev_rows
-    first = np.stack([b[0] for b in bag_train + bag_dev])  # (rows, dim)
+    first = np.stack([b[0, :WIDTH] for b in bag_train + bag_dev])  # (rows, 384): unit vectors, so @ is cosine
     sets = np.array([e.row.set for e in every])
     dev_mask, positive = np.array([e.dev for e in every]), np.array([e.target == 1 for e in every])
     report["near_duplicates"] = near_duplicates(first, sets, dev_mask, ~dev_mask, other_sets=False)
