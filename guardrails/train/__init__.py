@@ -17,9 +17,12 @@ metrics are on dev rows, per set. The traps of DATA.md, handled here:
 - short benign sets (clinc150, banking77, gsm8k): at most ``short_benign_cap`` training rows each (by id hash);
 - hard benign rows (wildguard_benign, hatecheck's non-hateful rows, bipia_train's and bastioncorpus's clean rows):
   ``hard_weight`` times the weight of other rows, and the recommended thresholds are calibrated on them;
-- language: by default only English rows are trained on (every non-English row is a positive); dev metrics keep
-  every language, and hand-written benign prompts in ten languages (``guardrails.train.probes``) measure FPR per
-  language;
+- language: every non-English row of the shared sets is a positive, so a head trained on them naively learns the
+  language. Both heads also train on the project's own benign prompts in ten languages (``multilingual.BENIGN_TRAIN``),
+  prompt-guard-mini on xsafety_harm's harmful requests as attack 0 (DATA.md's rule), and within each non-English
+  language the classes weigh the same. Held-out hand-written prompts (``multilingual.BENIGN_HELD_OUT``, which the
+  recommended threshold holds to ``language_fpr``, and ``probes``) measure FPR per language; ``--languages en``
+  trains on English rows only;
 - long texts: every 256-token window has its features (up to ``max_windows``) and a text scores as its
   highest-scoring window, in training (multiple-instance: the loss falls on that window) and in evaluation, as a
   windowed scanner would. An injection deep in an email otherwise sits outside the first window its label is
@@ -81,6 +84,19 @@ SHORT_BENIGN = ("clinc150_utterances", "banking77_utterances", "gsm8k_questions"
 # attack and harm unlabelled). Without them a head never sees code: a prompt-guard head over both feature pools
 # flagged about half of the benign code files it had not seen (guardrails/embedded/encoder.py).
 CODE_NEGATIVES = ("benign_code",)
+# Harmful requests in ten languages with no override technique: attack 0 by DATA.md's rule (Prompt Guard's scope),
+# though the set leaves `attack` unlabelled. They are the only non-English negatives the shared sets hold for
+# prompt-guard-mini, so they let it train on every language without learning "not English = attack".
+ATTACK_NEGATIVES = ("xsafety_harm",)
+# Benign prompts written for this project in ten languages (guardrails/train/multilingual.py): negatives for both
+# heads, trained on, never in a dev split; their held-out twins measure the false-positive rate per language.
+HANDWRITTEN = "handwritten_benign"
+TOKEN_LIKE_TRAIN = 500  # machine-made strings among them (hashes, keys, paths): text no shared set holds
+# Categories of a set whose positives are mostly not hazards, never trained on as positives (still measured):
+# XSafety's mental-health, physical-harm and ethics prompts are largely requests for help or opinions ("I can't
+# sleep well and feel tired", "I like fried food, but it leads to obesity"), which a harm head trained on them
+# learns to flag in everyday prompts.
+NOISY_POSITIVES = {"xsafety_harm": ("Mental_Health", "Physical_Harm", "Ethics_And_Morality")}
 HARD_BENIGN = ("wildguard_benign", "bipia_train", "bastioncorpus")  # every clean row of these; hatecheck: harm == 0
 S_CODES = tuple(f"S{i}" for i in range(1, 15))
 
@@ -100,6 +116,7 @@ class Spec:
     documents: tuple[
         str, ...
     ] = ()  # benign sets of retrieved content, calibrated into a separate "documents" threshold
+    language_fpr: float = 0.05  # the most FPR the recommended threshold allows on held-out non-English benign prompts
 
 
 SPECS = {
@@ -130,12 +147,12 @@ class Config:
     data: Path
     out: Path = weights_path("x").parent
     cache: Path = Path(".guardrails/cache/minilm-embeddings.npz")
-    languages: str = "en"  # "en": train on English rows only; "all": every language
+    languages: str = "all"  # "all": every language, each balanced (sample_weights); "en": English rows only
     windows: str = "all"  # "all": every window, a text scores as its top window; "first": the first window only
     max_windows: int = 8  # windows embedded per text (8 x 222 new tokens: ~1,800 tokens)
     short_benign_cap: int = 2000
     hard_weight: float = 4.0
-    category_loss: float = 1.0  # weight of the S-code term against the flag decision (llama-guard-mini)
+    category_loss: float = 3.0  # weight of the S-code term against the flag decision (llama-guard-mini)
     hidden: int = 128
     epochs: int = 60
     batch: int = 256
@@ -143,6 +160,7 @@ class Config:
     weight_decay: float = 1e-4
     seed: int = 0
     loso: bool = True
+    handwritten: bool = True  # train on the project's own benign prompts in ten languages (multilingual.py)
     sets: tuple[str, ...] | None = None  # None: every trainable set in the folder
     log: Callable[[str], None] = print
 
@@ -170,7 +188,9 @@ class Example:
     def hard(self) -> bool:
         """A clean row that looks risky: the false positives that matter."""
         row = self.row
-        return self.target == 0 and (row.set in HARD_BENIGN or (row.set == "hatecheck" and row.labels["harm"] == 0))
+        return self.target == 0 and (
+            row.set in HARD_BENIGN or row.set == HANDWRITTEN or (row.set == "hatecheck" and row.labels["harm"] == 0)
+        )
 
 
 def data_files(data: Path, sets: Sequence[str] | None, log: Callable[[str], None]) -> dict[str, Path]:
@@ -214,7 +234,7 @@ def load_examples(spec: Spec, files: dict[str, Path]) -> tuple[list[Example], li
         if row.set not in TRAINABLE:
             raise TrainingError(f"row {row.id!r} belongs to set {row.set!r}, which is not marked 'train: yes'")
         target = row.labels.get(spec.field)
-        if row.set in CODE_NEGATIVES and target is None:
+        if target is None and (row.set in CODE_NEGATIVES or (spec.field == "attack" and row.set in ATTACK_NEGATIVES)):
             target = 0
         elif row.kind != "prompt":
             continue
@@ -226,11 +246,42 @@ def load_examples(spec: Spec, files: dict[str, Path]) -> tuple[list[Example], li
     return examples, unlabelled
 
 
+def handwritten_examples() -> list[Example]:
+    """The project's own negatives for either head: the benign prompts of ``multilingual.BENIGN_TRAIN`` and
+    machine-made strings (``probes.token_like`` with another seed than the one the cards measure)."""
+    from guardrails.train.multilingual import BENIGN_TRAIN
+    from guardrails.train.probes import token_like
+
+    texts = [(lang, text) for lang, group in BENIGN_TRAIN.items() for text in group]
+    texts += [("-", text) for text in token_like(TOKEN_LIKE_TRAIN, seed=1)]
+    rows = (
+        Row(f"{HANDWRITTEN}:{lang}:{i}", HANDWRITTEN, "prompt", text, None, {"attack": 0, "harm": 0}, None, lang)
+        for i, (lang, text) in enumerate(texts)
+    )
+    return [Example(row, 0, -1, dev=False) for row in rows]
+
+
+def token_like_measured(n: int) -> list[str]:
+    """``n`` machine-made strings for the cards (seed 0), none of them one that training saw (seed 1)."""
+    from guardrails.train.probes import token_like
+
+    trained = set(token_like(TOKEN_LIKE_TRAIN, seed=1))
+    return [t for t in token_like(n + 50) if t not in trained][:n]
+
+
+def language(row: Row) -> str:
+    """The row's language code, with xsafety's ``sp`` read as ``es``."""
+    lang = row.lang or "en"
+    return "es" if lang == "sp" else lang
+
+
 def select_training(examples: Sequence[Example], cfg: Config) -> list[Example]:
     """Train-split rows, in the chosen languages, with the short benign sets cut to ``short_benign_cap`` each."""
     chosen, short = [], defaultdict(list)
     for e in examples:
         if e.dev or (cfg.languages == "en" and (e.row.lang or "en") not in ("en", "code")):
+            continue
+        if e.target == 1 and str(e.row.category) in NOISY_POSITIVES.get(e.row.set, ()):
             continue
         (short[e.row.set] if e.row.set in SHORT_BENIGN else chosen).append(e)
     for rows in short.values():
@@ -243,6 +294,16 @@ def sample_weights(train: Sequence[Example], cfg: Config) -> tuple[np.ndarray, n
     balanced by inverse frequency (rows without a code: 0)."""
     target = np.array([e.target for e in train])
     weight = np.array([cfg.hard_weight if e.hard else 1.0 for e in train])
+    # Within each language its two classes weigh the same (code and machine-made strings count as English), so no
+    # language is evidence for either class; where every language has both, the classes are balanced overall too.
+    langs = np.array([language(e.row) for e in train])
+    langs[np.isin(langs, ("code", "-"))] = "en"
+    for lang in sorted(set(langs)):
+        pos, neg = (langs == lang) & (target == 1), (langs == lang) & (target == 0)
+        if pos.any() and neg.any():
+            half = (weight[pos].sum() + weight[neg].sum()) / 2
+            weight[pos] *= half / weight[pos].sum()
+            weight[neg] *= half / weight[neg].sum()
     for c in (0, 1):
         if (target == c).any():
             weight[target == c] *= len(train) / (2 * weight[target == c].sum())
@@ -397,6 +458,12 @@ def score(head: Head, bags: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarra
 # -- metrics -------------------------------------------------------------------------------------------------------
 
 
+def benign(e: Example) -> bool:
+    """A row of the benign pool that thresholds and the bars are stated against: a pass row of a set DATA.md labels,
+    not one of the harmful requests read as attack 0 (they are measured per set and per language instead)."""
+    return e.target == 0 and e.row.set not in ATTACK_NEGATIVES
+
+
 def threshold_at(negatives: Sequence[float], fpr: float) -> float:
     """The strictest threshold with at most ``fpr`` of ``negatives`` above it (``evaluate.tpr_at_fpr``'s rule)."""
     return tpr_at_fpr([1.0], list(negatives), fpr)[1]
@@ -419,13 +486,19 @@ class Scored:
         return self.flag[self.where(keep)].tolist()
 
 
-def recommended_thresholds(spec: Spec, dev: Scored) -> tuple[dict[str, float], dict[str, float]]:
+def recommended_thresholds(
+    spec: Spec, dev: Scored, held_out: Sequence[float] = ()
+) -> tuple[dict[str, float], dict[str, float]]:
     """({"recommended": t, "documents": t'}, candidates). ``recommended`` is the strictest of: pooled FPR at the
-    bar's target over benign dev rows, and ``hard_fpr`` on each hard benign set (llama-guard-mini: on every benign
+    bar's target over benign dev rows, ``hard_fpr`` on each hard benign set (llama-guard-mini: on every benign
     set) with enough dev rows to allow one false positive, so no realistic benign set pays for the short utterances
-    that dominate the pool. ``documents`` (where the spec names document sets) also holds ``hard_fpr`` on those."""
-    benign = dev.scores(lambda e: e.target == 0)
-    candidates = {f"pooled benign at {spec.fpr_target:.0%} FPR": threshold_at(benign, spec.fpr_target)}
+    that dominate the pool, and ``language_fpr`` on ``held_out`` (the scores of the hand-written non-English benign
+    prompts kept out of training). ``documents`` (where the spec names document sets) also holds ``hard_fpr`` on
+    those."""
+    candidates = {f"pooled benign at {spec.fpr_target:.0%} FPR": threshold_at(dev.scores(benign), spec.fpr_target)}
+    if len(held_out):
+        label = f"hand-written non-English benign (multilingual.BENIGN_HELD_OUT) at {spec.language_fpr:.0%} FPR"
+        candidates[label] = threshold_at(held_out, spec.language_fpr)
     groups = defaultdict(list)
     for e, s in zip(dev.examples, dev.flag, strict=True):
         if e.target == 0 and (e.hard or spec.field == "harm"):
@@ -446,13 +519,13 @@ def recommended_thresholds(spec: Spec, dev: Scored) -> tuple[dict[str, float], d
 def per_set(dev: Scored, thresholds: dict[str, float]) -> list[dict[str, Any]]:
     """Per set: rows, AUC (positives against every benign dev row; in-set when the set has both), rates at each
     threshold (recall on positives, FPR on negatives)."""
-    benign = dev.scores(lambda e: e.target == 0)
+    negatives = dev.scores(benign)
     out = []
     for name in sorted({e.row.set for e in dev.examples}):
         pos = dev.scores(lambda e, n=name: e.row.set == n and e.target == 1)
         neg = dev.scores(lambda e, n=name: e.row.set == n and e.target == 0)
         entry: dict[str, Any] = {"set": name, "positives": len(pos), "negatives": len(neg)}
-        entry["auc_vs_benign"] = roc_auc(pos, benign)
+        entry["auc_vs_benign"] = roc_auc(pos, negatives)
         entry["auc_in_set"] = roc_auc(pos, neg)
         pos_en = dev.scores(lambda e, n=name: e.row.set == n and e.target == 1 and (e.row.lang or "en") == "en")
         for label, t in thresholds.items():
@@ -539,9 +612,8 @@ def _git_commit() -> str:
                 "status",
                 "--porcelain",
                 "--",
-                "guardrails/train.py",
-                "guardrails/train/card.py",
-                "guardrails/train/probes.py",
+                "guardrails/train",
+                "guardrails/embedded/encoder.py",
             ],
             cwd=root,
             capture_output=True,
@@ -555,25 +627,32 @@ def _git_commit() -> str:
 
 def train(spec: Spec, cfg: Config) -> Run:
     """Load, embed, fit, measure, and write ``<out>/<name>.safetensors`` and ``<out>/<name>.md``."""
+    from guardrails.train.multilingual import BENIGN_HELD_OUT
     from guardrails.train.probes import BENIGN_BY_LANGUAGE
 
     log, seconds = cfg.log, {}
     started = time.perf_counter()
     files = data_files(cfg.data, cfg.sets, log)
-    examples, unlabelled = load_examples(spec, files)
+    examples, _ = load_examples(spec, files)
+    if cfg.handwritten:
+        examples += handwritten_examples()
     train_rows = select_training(examples, cfg)
     if {e.target for e in train_rows} != {0, 1}:
         raise TrainingError(f"{spec.name}: the sets in {cfg.data} lack training rows of both classes")
     dev_rows = [e for e in examples if e.dev]
-    diagnostic = [r for r in unlabelled if is_dev(r.id) and r.set == "xsafety_harm" and spec.field == "attack"]
-    probes = [(lang, text) for lang, texts in BENIGN_BY_LANGUAGE.items() for text in texts]
+    extra = {  # texts outside the data, scored by each head: name -> (languages, texts)
+        "probes": _by_language(BENIGN_BY_LANGUAGE),
+        "held_out": _by_language(BENIGN_HELD_OUT),
+        "token_like": (["-"] * 500, token_like_measured(500)),
+    }
 
     cache = EmbeddingCache(cfg.cache, max_windows=cfg.max_windows, log=log)
     t = time.perf_counter()
     bag_train = _bags(cache, [e.row for e in train_rows], cfg)
     bag_dev = _bags(cache, [e.row for e in dev_rows], cfg)
-    bag_diag = _bags(cache, diagnostic, cfg)
-    bag_probe = [b[:1] if cfg.windows == "first" else b for b in cache.embed([text for _, text in probes])]
+    bag_extra = {
+        name: [b[:1] if cfg.windows == "first" else b for b in cache.embed(texts)] for name, (_, texts) in extra.items()
+    }
     seconds["embed"] = time.perf_counter() - t
     log(f"embeddings ready: {len(bag_train)} training and {len(bag_dev)} dev texts ({seconds['embed']:.0f} s)")
 
@@ -583,7 +662,7 @@ def train(spec: Spec, cfg: Config) -> Run:
     log(f"trained {spec.name} on {len(train_rows)} texts in {seconds['train']:.1f} s")
 
     dev = Scored(dev_rows, *score(head, bag_dev))
-    report = measure(spec, dev, head, bag_probe, [lang for lang, _ in probes], bag_diag, diagnostic)
+    report = measure(spec, dev, head, {name: (extra[name][0], bags) for name, bags in bag_extra.items()})
     every = train_rows + dev_rows
     first = np.stack([b[0, :WIDTH] for b in bag_train + bag_dev])  # (rows, 384): unit vectors, so @ is cosine
     sets = np.array([e.row.set for e in every])
@@ -592,7 +671,7 @@ def train(spec: Spec, cfg: Config) -> Run:
     report["cross_set_duplicates"] = near_duplicates(first, sets, positive, positive, other_sets=True)
     if cfg.loso:
         t = time.perf_counter()
-        report["loso"] = leave_one_set_out(spec, cfg, train_rows, bag_train, dev_rows, bag_dev)
+        report["loso"] = leave_one_set_out(spec, cfg, train_rows, bag_train, dev_rows, bag_dev, bag_extra["held_out"])
         seconds["loso"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
 
@@ -613,18 +692,20 @@ def train(spec: Spec, cfg: Config) -> Run:
     return run
 
 
+def _by_language(texts: dict[str, tuple[str, ...]]) -> tuple[list[str], list[str]]:
+    pairs = [(lang, text) for lang, group in texts.items() for text in group]
+    return [lang for lang, _ in pairs], [text for _, text in pairs]
+
+
 def measure(
-    spec: Spec,
-    dev: Scored,
-    head: Head,
-    bag_probe: list[np.ndarray],
-    probe_langs: list[str],
-    bag_diag: list[np.ndarray],
-    diagnostic: list[Row],
+    spec: Spec, dev: Scored, head: Head, extra: dict[str, tuple[list[str], list[np.ndarray]]]
 ) -> dict[str, Any]:
-    chosen, candidates = recommended_thresholds(spec, dev)
+    """The report: pooled and per-set rates, thresholds, languages (dev rows and ``extra``'s probes and held-out
+    prompts), token-like strings flagged, and for llama-guard-mini the categories."""
+    flags = {name: (langs, score(head, bags)[0].tolist()) for name, (langs, bags) in extra.items()}
+    chosen, candidates = recommended_thresholds(spec, dev, flags["held_out"][1])
     recommended = chosen["recommended"]
-    pos, neg = dev.scores(lambda e: e.target == 1), dev.scores(lambda e: e.target == 0)
+    pos, neg = dev.scores(lambda e: e.target == 1), dev.scores(benign)
     pos_en = dev.scores(lambda e: e.target == 1 and (e.row.lang or "en") == "en")
     at_target = threshold_at(neg, spec.fpr_target)
     report: dict[str, Any] = {
@@ -643,17 +724,21 @@ def measure(
     }
     neg_mask = dev.where(lambda e: e.target == 0)
     report["fpr_by_language"] = by_language(
-        dev.flag[neg_mask].tolist(), [e.row.lang for e, m in zip(dev.examples, neg_mask, strict=True) if m], recommended
+        dev.flag[neg_mask].tolist(),
+        [language(e.row) for e, m in zip(dev.examples, neg_mask, strict=True) if m],
+        recommended,
     )
-    report["probe_fpr_by_language"] = by_language(score(head, bag_probe)[0].tolist(), probe_langs, recommended)
+    report["probe_fpr_by_language"] = by_language(flags["probes"][1], flags["probes"][0], recommended)
+    report["held_out_fpr_by_language"] = by_language(flags["held_out"][1], flags["held_out"][0], recommended)
+    report["token_like_flagged"] = {
+        label: _rate([s > t for s in flags["token_like"][1]]) for label, t in (("target", at_target), *chosen.items())
+    }
     pos_mask = dev.where(lambda e: e.target == 1)
     report["recall_by_language"] = by_language(
-        dev.flag[pos_mask].tolist(), [e.row.lang for e, m in zip(dev.examples, pos_mask, strict=True) if m], recommended
+        dev.flag[pos_mask].tolist(),
+        [language(e.row) for e, m in zip(dev.examples, pos_mask, strict=True) if m],
+        recommended,
     )
-    if diagnostic:
-        report["xsafety_harm_flagged_by_language"] = by_language(
-            score(head, bag_diag)[0].tolist(), [r.lang for r in diagnostic], recommended
-        )
     if spec.field == "harm":
         report["categories"] = categories(dev, spec, recommended)
         report["categories_at_target"] = categories(dev, spec, at_target)
@@ -668,6 +753,7 @@ def leave_one_set_out(
     bag_train: list[np.ndarray],
     dev_rows: list[Example],
     bag_dev: list[np.ndarray],
+    bag_held_out: list[np.ndarray],
 ) -> list[dict[str, Any]]:
     """Train without set X (its train and dev rows), threshold on the remaining dev rows, measure on X's rows (those
     the full model trains on, and its dev rows)."""
@@ -677,8 +763,8 @@ def leave_one_set_out(
         head = fit(spec, [bag_train[i] for i in keep], [train_rows[i] for i in keep], cfg)
         rest = [i for i, e in enumerate(dev_rows) if e.row.set != name]
         rest_scored = Scored([dev_rows[i] for i in rest], *score(head, [bag_dev[i] for i in rest]))
-        at_target = threshold_at(rest_scored.scores(lambda e: e.target == 0), spec.fpr_target)
-        recommended = recommended_thresholds(spec, rest_scored)[0]["recommended"]
+        at_target = threshold_at(rest_scored.scores(benign), spec.fpr_target)
+        recommended = recommended_thresholds(spec, rest_scored, score(head, bag_held_out)[0].tolist())[0]["recommended"]
         held = [(e, b) for e, b in zip(train_rows + dev_rows, bag_train + bag_dev, strict=True) if e.row.set == name]
         held_scored = Scored([e for e, _ in held], *score(head, [b for _, b in held]))
         entry: dict[str, Any] = {"set": name}
@@ -742,6 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--short-benign-cap", type=int, default=Config.short_benign_cap)
     parser.add_argument("--seed", type=int, default=Config.seed)
     parser.add_argument("--no-loso", action="store_true", help="skip the leave-one-set-out trainings")
+    parser.add_argument("--no-handwritten", action="store_true", help="leave out the project's own benign prompts")
     parser.add_argument("--sets", nargs="+", help="train on these sets only (default: every trainable set found)")
     args = parser.parse_args(argv)
 
@@ -760,6 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         short_benign_cap=args.short_benign_cap,
         seed=args.seed,
         loso=not args.no_loso,
+        handwritten=not args.no_handwritten,
         sets=tuple(args.sets) if args.sets else None,
         log=log,
     )

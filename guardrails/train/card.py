@@ -41,15 +41,16 @@ def bars(run: Run) -> list[list[Any]]:
                  ">= 0.95"),
             _bar("the same, English attack rows only", pooled["tpr_at_target_english"], ">= 0.95"),
             _bar("FPR on wildguard_benign at the recommended threshold", wildguard.get("fpr@recommended"), "<= 0.02"),
-            _bar("TPR at the recommended threshold (English attack rows)", pooled["tpr_at_recommended_english"],
-                 ">= 0.95"),
+            _bar("(ours, not the issue's) TPR at the recommended threshold, English attack rows",
+                 pooled["tpr_at_recommended_english"], ">= 0.95"),
         ]  # fmt: skip
     ailuminate = {k: report[k]["per_set"].get("ailuminate_en_us", {}).get("top1")
                   for k in ("categories", "categories_at_target")}  # fmt: skip
     return [
         _bar("harm recall at 5% pooled benign FPR (dev, every language)", pooled["tpr_at_target"], ">= 0.90"),
         _bar("the same, English harmful rows only", pooled["tpr_at_target_english"], ">= 0.90"),
-        _bar("harm recall at the recommended threshold (<= 5% FPR on every benign set), English rows",
+        _bar("(ours, not the issue's) harm recall at the recommended threshold (<= 5% FPR on every benign set), "
+             "English rows",
              pooled["tpr_at_recommended_english"], ">= 0.90"),
         _bar("top-1 category accuracy, ailuminate_en_us rows flagged at the recommended threshold",
              ailuminate["categories"], ">= 0.80"),
@@ -72,34 +73,35 @@ def _per_set(run: Run, target: str) -> str:
     return table(headers, rows)
 
 
-def _languages(report: dict[str, Any]) -> list[str]:
-    keys = ("fpr_by_language", "probe_fpr_by_language", "recall_by_language")
+def _languages(report: dict[str, Any], attack: bool) -> list[str]:
+    keys = ("fpr_by_language", "held_out_fpr_by_language", "probe_fpr_by_language", "recall_by_language")
     langs = sorted(set().union(*(report[k] for k in keys)))
 
     def cell(key: str, lang: str) -> str:
         n, rate = report[key].get(lang, (0, None))
         return f"{rate:.3f} ({n})" if n else "-"
 
-    out = [
-        "FPR on benign dev rows, FPR on the hand-written benign prompts of `guardrails/train/probes.py` (10 per "
-        "language, never trained on), and recall on positive dev rows. (xsafety writes Spanish as `sp`, "
-        "bastioncorpus and the probes as `es`.)",
+    negatives = "negative dev rows (xsafety_harm's harmful requests among them)" if attack else "benign dev rows"
+    return [
+        f"FPR on {negatives}; FPR on the hand-written benign prompts kept out of training: "
+        "`multilingual.BENIGN_HELD_OUT` (30 per language; the recommended threshold holds them to at most 5%) and "
+        "`probes.BENIGN_BY_LANGUAGE` (10 per language, used for nothing else); recall on positive dev rows. "
+        "(xsafety's `sp` is counted as `es`.)",
         "",
-        table(["language", "benign dev FPR (rows)", "probe FPR (rows)", "recall (rows)"],
+        table(["language", "dev FPR (rows)", "held-out FPR (rows)", "probe FPR (rows)", "recall (rows)"],
               [[lang, *(cell(k, lang) for k in keys)] for lang in langs]),
     ]  # fmt: skip
-    if "xsafety_harm_flagged_by_language" in report:
-        out += [
-            "",
-            "Diagnostic: share of xsafety_harm dev rows (harmful requests with `attack` unlabelled, so in neither "
-            "class; the same prompts translated into each language) flagged as attacks. A gap between English and "
-            "the other languages is the language, not the content.",
-            "",
-            table(["language", "flagged (rows)"],
-                  [[lang, f"{rate:.3f} ({n})"] for lang, (n, rate) in
-                   report["xsafety_harm_flagged_by_language"].items()]),
-        ]  # fmt: skip
-    return out
+
+
+def _token_like(report: dict[str, Any], target: str) -> list[str]:
+    flagged = report["token_like_flagged"]
+    labels = {"target": f"@{target}", "recommended": "@rec", "documents": "@doc"}
+    return [
+        "Share of 500 machine-made strings (`probes.token_like`: hex digests, base64, UUIDs, key-like ids, paths, "
+        "URLs, numbers, identifiers; no such text is trained on) flagged at each threshold:",
+        "",
+        table([labels[k] for k in flagged], [list(flagged.values())]),
+    ]
 
 
 def _categories(report: dict[str, Any], target: str) -> list[str]:
@@ -182,7 +184,11 @@ def _metrics(run: Run) -> list[str]:
         "",
         "### Per language (recommended threshold)",
         "",
-        *_languages(report),
+        *_languages(report, spec.field == "attack"),
+        "",
+        "### Token-like strings",
+        "",
+        *_token_like(report, target),
     ]  # fmt: skip
     if "categories" in report:
         out += ["", "### Categories", "", *_categories(report, target)]
@@ -242,15 +248,40 @@ def model_card(run: Run, metadata: dict[str, str], size: int) -> str:
         f"- Short benign sets (clinc150, banking77, gsm8k): at most {cfg.short_benign_cap} training rows each, "
         "chosen by the hash of the id.",
         f"- Hard benign rows (wildguard_benign, the clean rows of bipia_train and bastioncorpus, hatecheck's "
-        f"non-hateful rows): weight x{cfg.hard_weight:g}; then both classes are balanced to equal total weight.",
+        f"non-hateful rows, handwritten_benign): weight x{cfg.hard_weight:g}; then both classes are balanced to equal "
+        "total weight.",
         "- benign_code (source files of algorithms, `lang` code; no attack or harm label in DATA.md): negatives, "
         "as neither an override technique nor a hazard is in them; without them a head flags ordinary code.",
+    ]  # fmt: skip
+    if spec.field == "attack":
+        lines.append(
+            "- xsafety_harm (harmful requests in ten languages, `attack` unlabelled in DATA.md): negatives, by "
+            "DATA.md's own rule that a harmful request with no override technique is `attack: 0`. They are the only "
+            "non-English negatives in the shared sets, so without them every non-English row trained on is a "
+            "positive and the head learns the language. They count in the dev FPR per set and per language, not in "
+            "the pooled benign rows the bar and thresholds are stated against (those are the benign sets of DATA.md)."
+        )
+    if cfg.handwritten:
+        lines.append(
+            "- handwritten_benign: 800 benign prompts written for this project in ten languages "
+            "(`guardrails/train/multilingual.py`, 80 per language: everyday requests, harmless ones that look risky, "
+            "and harmless uses of words such as ignore, instructions, system, pretend), not from any dataset; "
+            "negatives for both heads, trained on and weighted as hard benign rows. Every non-English row of the "
+            "shared sets is otherwise a positive (for llama-guard-mini, whose harm label xsafety_harm carries, these "
+            "are its only non-English negatives)."
+        )
+    if cfg.languages == "all":
+        lines.append(
+            "- Languages: every language is trained on; within each language other than English the two classes are "
+            "weighted to equal totals, so that no language is evidence for either class."
+        )
+    lines.append(
         "- Excluded: cyberseceval_insecure_code (evaluation only), rows "
         f"without a `{spec.field}` label"
         + (", and every non-English row from training: in these sets all of them are positives, and a head "
            "trained on them flags ordinary non-English prompts (measured: see the language tables)"
-           if cfg.languages == "en" else "") + ".",
-    ]  # fmt: skip
+           if cfg.languages == "en" else "") + "."
+    )  # fmt: skip
     if spec.field == "harm":
         lines.append(
             "- Categories: the S-code of `category` (the part before ':'; ailuminate's `S6:contextual` and "
@@ -276,9 +307,12 @@ def model_card(run: Run, metadata: dict[str, str], size: int) -> str:
         "",
         "## Known limits",
         "",
-        "- The encoder is English-centric (all-MiniLM-L6-v2, an English WordPiece vocabulary) and training was "
-        "English-only: recall on other languages is lower and uneven (see the language table; scripts the vocabulary "
-        "lacks, such as Hindi and Bengali, fare worst), and few non-English benign rows exist to measure FPR on.",
+        "- The encoder is English-centric (all-MiniLM-L6-v2, an English WordPiece vocabulary; scripts it lacks, "
+        "such as Hindi and Bengali, reach the head as little more than their length and unknown tokens). "
+        "Non-English positives come from one source per head (xsafety: the same prompts translated), and "
+        "non-English benign text is the project's own 1,100 prompts, so the non-English figures are the least "
+        "certain here: the dev rows' translations of training rows flatter recall, and 40 benign prompts per "
+        "language measure FPR only to a few percent.",
         "- Hard negatives are scarce: benign text that mentions instructions, role play, system prompts or hazards "
         "is a small share of the benign rows, so the false-positive rate on such traffic is the least certain "
         "figure here.",
