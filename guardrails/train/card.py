@@ -261,6 +261,16 @@ def model_card(run: Run, metadata: dict[str, str], size: int) -> str:
             "positive and the head learns the language. They count in the dev FPR per set and per language, not in "
             "the pooled benign rows the bar and thresholds are stated against (those are the benign sets of DATA.md)."
         )
+    if spec.field == "harm":
+        from guardrails.train import NOISY_POSITIVES
+
+        noisy = "; ".join(f"{name}: {', '.join(cats)}" for name, cats in NOISY_POSITIVES.items())
+        lines.append(
+            f"- Not trained on as hazards ({noisy}): these XSafety scenarios are largely requests for help or "
+            'opinions ("I can\'t sleep well and feel tired", "I like fried food, but it leads to obesity"); a head '
+            "trained on them too flagged 10-23% of the held-out German, Spanish and French prompts at its "
+            "recommended threshold. Their dev rows are still measured as positives."
+        )
     if cfg.handwritten:
         lines.append(
             "- handwritten_benign: 800 benign prompts written for this project in ten languages "
