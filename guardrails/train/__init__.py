@@ -676,7 +676,7 @@ def train(spec: Spec, cfg: Config) -> Run:
     seconds["total"] = time.perf_counter() - started
 
     counts = {}
-    for name in sorted(files):
+    for name in sorted({*files, HANDWRITTEN}):
         ex = [e for e in examples if e.row.set == name]
         if ex:
             trained = [e for e in train_rows if e.row.set == name]
