@@ -19,8 +19,8 @@ metrics are on dev rows, per set. The traps of DATA.md, handled here:
   ``hard_weight`` times the weight of other rows, and the recommended thresholds are calibrated on them;
 - language: every non-English row of the shared sets is a positive, so a head trained on them naively learns the
   language. Both heads also train on the project's own benign prompts in ten languages (``multilingual.BENIGN_TRAIN``),
-  prompt-guard-mini on xsafety_harm's harmful requests as attack 0 (DATA.md's rule), and within each non-English
-  language the classes weigh the same. Held-out hand-written prompts (``multilingual.BENIGN_HELD_OUT``, which the
+  prompt-guard-mini on xsafety_harm's harmful requests as attack 0 (DATA.md's rule), and within each language the
+  classes weigh the same. Held-out hand-written prompts (``multilingual.BENIGN_HELD_OUT``, which the
   recommended threshold holds to ``language_fpr``, and ``probes``) measure FPR per language; ``--languages en``
   trains on English rows only;
 - long texts: every 256-token window has its features (up to ``max_windows``) and a text scores as its
@@ -228,7 +228,7 @@ def s_code(category: str | None) -> str | None:
 
 
 def load_examples(spec: Spec, files: dict[str, Path]) -> tuple[list[Example], list[Row]]:
-    """Rows with a label for ``spec`` (prompts only), and every row without one (for the diagnostics)."""
+    """Rows with a label for ``spec`` (prompts only), and every prompt row without one."""
     examples, unlabelled = [], []
     for row in read_rows(files.values()):
         if row.set not in TRAINABLE:

@@ -282,8 +282,8 @@ def model_card(run: Run, metadata: dict[str, str], size: int) -> str:
         )
     if cfg.languages == "all":
         lines.append(
-            "- Languages: every language is trained on; within each language other than English the two classes are "
-            "weighted to equal totals, so that no language is evidence for either class."
+            "- Languages: every language is trained on; within each language (code and machine-made strings count as "
+            "English) the two classes are weighted to equal totals, so that no language is evidence for either class."
         )
     lines.append(
         "- Excluded: cyberseceval_insecure_code (evaluation only), rows "
