@@ -291,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval",
         help="measure a policy (or one of its scanners) on labelled JSON-lines data",
-        description="Run labelled rows (the shared/data schema) through a policy and report ROC AUC, TPR at 1%% FPR, "
+        description="Run labelled rows (the shared/data schema) through a policy and report ROC AUC, TPR at 1% FPR, "
         "recall, FPR, per-category figures and latency per set: a markdown table, report.json and PNG plots.",
     )
     evaluate.add_argument("files", nargs="+", metavar="FILE", help="JSON-lines files")

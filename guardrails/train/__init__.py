@@ -6,9 +6,11 @@
 - **prompt-guard-mini**: labels ("benign", "attack") from each row's ``attack`` field: override techniques
   (injection, jailbreak), not harmful intent.
 - **llama-guard-mini**: labels ("safe", "S1", ..., "S14") from ``harm``, as one softmax: p_unsafe = 1 - p[safe], the
-  category is the argmax over the S-codes. A harmful row with an S-code in ``category`` (the part before ':') trains
-  that code; a harmful row without one (xsafety, advbench, donotanswer's "other:*") trains only p_unsafe, through
-  -log(1 - p[safe]), and leaves the choice among codes to the rows that name one.
+  head's category is the argmax over the S-codes. A harmful row with an S-code in ``category`` (the part before ':')
+  trains that code; a harmful row without one (xsafety, advbench, donotanswer's "other:*") trains only p_unsafe,
+  through -log(1 - p[safe]), and leaves the choice among codes to the rows that name one. The S-code the scanner
+  reports comes from the category model trained after the head (``category_model.py``: the encoder's top
+  ``category_layers`` layers fine-tuned on AILuminate), which names more of them right than frozen features do.
 
 Data (``shared/data/DATA.md``): only sets marked ``train: yes`` are read; any other file is skipped, and asking for
 one by name is an error. Dev split: ``int(sha256(id).hexdigest(), 16) % 5 == 0`` (20%, the same on every run); all
@@ -153,6 +155,11 @@ class Config:
     short_benign_cap: int = 2000
     hard_weight: float = 4.0
     category_loss: float = 3.0  # weight of the S-code term against the flag decision (llama-guard-mini)
+    # llama-guard-mini's category model (train/category_model.py): encoder layers fine-tuned (0: none, the head names
+    # the S-code), epochs and their learning rate
+    category_layers: int = 4
+    category_epochs: int = 4
+    category_lr: float = 5e-5
     hidden: int = 128
     epochs: int = 60
     batch: int = 256
@@ -600,10 +607,11 @@ class Run:
     counts: dict[str, dict[str, int]]
     report: dict[str, Any]
     seconds: dict[str, float]
+    categories: tuple[Any, Any, int] | None = None  # llama-guard-mini: (model, linear, first fine-tuned layer)
 
 
 def _git_commit() -> str:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout: the paths below are relative to it
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         dirty = subprocess.run(
@@ -614,6 +622,7 @@ def _git_commit() -> str:
                 "--",
                 "guardrails/train",
                 "guardrails/embedded/encoder.py",
+                "guardrails/embedded/categories.py",
             ],
             cwd=root,
             capture_output=True,
@@ -632,6 +641,14 @@ def train(spec: Spec, cfg: Config) -> Run:
 
     log, seconds = cfg.log, {}
     started = time.perf_counter()
+    if spec.field == "harm" and cfg.category_layers:
+        from guardrails.embedded.encoder import shared_encoder
+
+        depth = shared_encoder().model.config.num_hidden_layers
+        if not 0 < cfg.category_layers <= depth:
+            raise TrainingError(
+                f"--category-layers takes 0 to {depth} (the encoder's layers), not {cfg.category_layers}"
+            )
     files = data_files(cfg.data, cfg.sets, log)
     examples, _ = load_examples(spec, files)
     if cfg.handwritten:
@@ -663,6 +680,12 @@ def train(spec: Spec, cfg: Config) -> Run:
 
     dev = Scored(dev_rows, *score(head, bag_dev))
     report = measure(spec, dev, head, {name: (extra[name][0], bags) for name, bags in bag_extra.items()})
+    category_model = None
+    if spec.field == "harm" and cfg.category_layers:
+        t = time.perf_counter()
+        category_model = fine_tune_categories(spec, cfg, train_rows, head, dev, bag_dev, report)
+        seconds["categories"] = time.perf_counter() - t
+        log(f"fine-tuned the category model in {seconds['categories']:.0f} s")
     every = train_rows + dev_rows
     first = np.stack([b[0, :WIDTH] for b in bag_train + bag_dev])  # (rows, 384): unit vectors, so @ is cosine
     sets = np.array([e.row.set for e in every])
@@ -687,9 +710,50 @@ def train(spec: Spec, cfg: Config) -> Run:
                 "train_positives": sum(e.target for e in trained),
                 "dev": sum(e.dev for e in ex),
             }
-    run = Run(spec, cfg, head, counts, report, seconds)
+    run = Run(spec, cfg, head, counts, report, seconds, category_model)
     write_outputs(run)
     return run
+
+
+def fine_tune_categories(
+    spec: Spec,
+    cfg: Config,
+    train_rows: list[Example],
+    head: Head,
+    dev: Scored,
+    bag_dev: list[np.ndarray],
+    report: dict[str, Any],
+) -> tuple[Any, Any, int]:
+    """Fine-tune the category model on the coded training rows of ``CATEGORY_SETS`` and let it name the S-code of
+    every coded dev row, on the row's most unsafe window as the scanner does; the report's categories become the
+    model's, the head's own are kept as ``categories_head``."""
+    from guardrails.embedded.encoder import shared_encoder
+    from guardrails.train.category_model import CATEGORY_SETS, fine_tune, predict
+
+    coded = []
+    for name, cap in CATEGORY_SETS.items():
+        rows = [e for e in train_rows if e.code >= 0 and e.row.set == name]
+        coded += sorted(rows, key=lambda e: _digest(e.row.id))[:cap]
+    if not coded:
+        raise TrainingError(f"the category model trains on {', '.join(CATEGORY_SETS)}: none of it was found")
+    report["category_training_rows"] = dict(Counter(e.row.set for e in coded))
+    cfg.log(f"fine-tuning the top {cfg.category_layers} encoder layers on {len(coded)} coded rows ...")
+    texts, codes = [e.row.text for e in coded], [e.code - 1 for e in coded]  # codes index S1..S14
+    model, linear, first = fine_tune(texts, codes, len(spec.labels) - 1, cfg)
+    encoder = shared_encoder()
+    rows = np.flatnonzero(dev.where(lambda e: e.code >= 0))
+    windows = []
+    for i in rows:
+        worst = int(np.argmin(head.probabilities(bag_dev[i])[:, 0]))
+        windows.append(encoder.windows(dev.examples[i].row.text)[worst][0])
+    probs = dev.probs.copy()
+    probs[rows, 1:] = predict(model, linear, windows, encoder.tokenizer.pad_token_id)
+    named = Scored(dev.examples, dev.flag, probs)
+    thresholds = (report["thresholds"]["recommended"], report["thresholds"]["at_target"], -1.0)
+    for key, threshold in zip(("categories", "categories_at_target", "categories_all_rows"), thresholds, strict=True):
+        report[f"{key}_head"] = report[key]
+        report[key] = categories(named, spec, threshold)
+    return model, linear, first
 
 
 def _by_language(texts: dict[str, tuple[str, ...]]) -> tuple[list[str], list[str]]:
@@ -809,6 +873,18 @@ def write_outputs(run: Run) -> None:
         "card": f"{spec.name}.md",
     }
     save_head(replace(run.head, metadata=metadata), path)
+    from guardrails.embedded.categories import categories_path, save_categories
+
+    if run.categories is None:  # a category model from an earlier run would name codes for a head it never saw
+        categories_path(path).unlink(missing_ok=True)
+    else:
+        model, linear, first = run.categories
+        trained = report["category_training_rows"]
+        save_categories(
+            model, linear, first, spec.labels[1:], categories_path(path),
+            {"encoder": metadata["encoder"], "training_sets": json.dumps(trained), "dev_split": DEV_RULE,
+             "git_commit": metadata["git_commit"], "card": metadata["card"]},
+        )  # fmt: skip
     card = model_card(run, metadata, path.stat().st_size)
     (cfg.out / f"{spec.name}.md").write_text(card, encoding="utf-8")
     run.report["card"] = card
@@ -827,6 +903,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hard-weight", type=float, default=Config.hard_weight)
     parser.add_argument("--short-benign-cap", type=int, default=Config.short_benign_cap)
     parser.add_argument("--seed", type=int, default=Config.seed)
+    parser.add_argument(
+        "--category-layers", type=int, default=Config.category_layers,
+        help="llama-guard-mini: encoder layers fine-tuned to name the S-code (0: the head names it)",
+    )  # fmt: skip
     parser.add_argument("--no-loso", action="store_true", help="skip the leave-one-set-out trainings")
     parser.add_argument("--no-handwritten", action="store_true", help="leave out the project's own benign prompts")
     parser.add_argument("--sets", nargs="+", help="train on these sets only (default: every trainable set found)")
@@ -846,6 +926,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hard_weight=args.hard_weight,
         short_benign_cap=args.short_benign_cap,
         seed=args.seed,
+        category_layers=args.category_layers,
         loso=not args.no_loso,
         handwritten=not args.no_handwritten,
         sets=tuple(args.sets) if args.sets else None,

@@ -116,12 +116,30 @@ def _categories(report: dict[str, Any], target: str) -> list[str]:
             row += [report[key]["per_set"][name]["flagged"], report[key]["per_set"][name]["top1"]]
         rows.append(row)
     per_code = report["categories_at_target"]["ailuminate_per_code"]
-    return [
-        "Top-1 S-code accuracy (argmax over the codes) on dev rows that carry an S-code, among the rows flagged at "
+    named_by = (
+        "the category model's (fine-tuned encoder layers, run on the row's most unsafe window)"
+        if "categories_head" in report
+        else "the head's (argmax over the codes)"
+    )
+    out = [
+        f"Top-1 S-code accuracy, {named_by}, on dev rows that carry an S-code, among the rows flagged at "
         f"the recommended threshold, at the {target}-pooled-FPR threshold, and over all of them:",
         "",
         table(headers, rows),
         "",
+    ]
+    if "categories_head" in report:
+        head = {k: report[f"{k}_head"]["per_set"] for k, _ in keys}
+        out += [
+            "The head's own S-code (argmax over its codes, what the scanner would name without the category model), "
+            "top-1 on the same rows:",
+            "",
+            table(["set", *(f"top-1 {short}" for _, short in keys)],
+                  [[name, *(head[k][name]["top1"] for k, _ in keys)] for name in head["categories"]]),
+            "",
+        ]  # fmt: skip
+    return [
+        *out,
         f"ailuminate_en_us per code, rows flagged at the {target}-pooled-FPR threshold:",
         "",
         table(["code", "flagged", "top-1", "most often confused with"],
@@ -212,10 +230,38 @@ def _metrics(run: Run) -> list[str]:
     return out
 
 
+def _category_model(run: Run) -> list[str]:
+    if run.categories is None:
+        return []
+    from guardrails.embedded.categories import categories_path
+    from guardrails.train.category_model import BATCH, LINEAR_LR
+
+    cfg, (model, _, first) = run.cfg, run.categories
+    name = f"{run.spec.name}-categories.safetensors"
+    size = categories_path(cfg.out / f"{run.spec.name}.safetensors").stat().st_size
+    rows = ", ".join(f"{n} of {s}" for s, n in run.report["category_training_rows"].items())
+    return [
+        f"- Category model (`{name}`, {size / 2**20:.1f} MiB, `guardrails/embedded/categories.py`): the encoder "
+        f"with its top {len(model.encoder.layer) - first} layers (from layer {first}) fine-tuned, in float16, and a "
+        "linear layer over their mean-pooled, L2-normalised output, trained to name the S-code of the "
+        f"coded training rows ({rows}; classes weighed equally; AdamW lr "
+        f"{cfg.category_lr:g}, linear layer {LINEAR_LR:g}, {cfg.category_epochs} epochs, batches of {BATCH}). "
+        "The scanner runs it only on a text the head flagged, on its most unsafe window. It exists because the "
+        "frozen features name too few codes right: see Categories, where the head's own top-1 is given too. The "
+        "leave-one-set-out top-1 is the head's (the category model is not retrained per set).",
+    ]
+
+
 def model_card(run: Run, metadata: dict[str, str], size: int) -> str:
     spec, cfg, head = run.spec, run.cfg, run.head
     params = sum(a.size for a in (head.w1, head.b1, head.w2, head.b2) if a is not None)
-    category = "; the category is the argmax over the S-codes of that window" if spec.field == "harm" else ""
+    category = ""
+    if spec.field == "harm":
+        category = (
+            "; a flagged text's S-code is named by the category model on that window"
+            if run.categories is not None
+            else "; the category is the argmax over the S-codes of that window"
+        )
     lines = [
         f"# {spec.name}",
         "",
@@ -233,6 +279,7 @@ def model_card(run: Run, metadata: dict[str, str], size: int) -> str:
         f"- Head: {head.w2.shape[1] if head.w1 is None else head.w1.shape[1]} -> {cfg.hidden} (ReLU) -> "
         f"{len(spec.labels)}, {params:,} parameters, {size / 1024:.0f} KiB in `{spec.name}.safetensors` (numpy at "
         "inference).",
+        *_category_model(run),
         f"- Script commit: `{metadata['git_commit']}`.",
         "",
         "## Training data",
@@ -304,7 +351,9 @@ def model_card(run: Run, metadata: dict[str, str], size: int) -> str:
         f"- Hyperparameters: Adam lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, {cfg.epochs} epochs, batches of "
         f"{cfg.batch} texts, seed {cfg.seed}; each text's loss falls on its highest-scoring window.",
         f"- Time on 2 CPU cores: embedding {run.seconds['embed']:.0f} s (near 0 when cached), training "
-        f"{run.seconds['train']:.1f} s, leave-one-set-out {run.seconds.get('loso', 0):.0f} s, whole run "
+        f"{run.seconds['train']:.1f} s, "
+        + (f"category model {run.seconds['categories']:.0f} s, " if "categories" in run.seconds else "")
+        + f"leave-one-set-out {run.seconds.get('loso', 0):.0f} s, whole run "
         f"{run.seconds['total']:.0f} s.",
         "",
         "## Bars",
@@ -333,4 +382,11 @@ def model_card(run: Run, metadata: dict[str, str], size: int) -> str:
         f"- Training and these metrics saw at most the first {cfg.max_windows} windows (~1,800 tokens) of a text; a "
         "scanner that scores every window can only flag more (recall up, FPR up) on longer texts.",
     ]
+    if run.categories is not None:
+        lines.append(
+            "- The category model learns the taxonomy from the sets in `CATEGORY_SETS` "
+            "(`guardrails/train/category_model.py`), so it names their codes better than the head does and the "
+            "codes of other coded sets (their codes mapped from other taxonomies) worse: see Categories. The "
+            "alternatives measured, and what they cost, are in the comment there."
+        )
     return "\n".join(lines) + "\n"

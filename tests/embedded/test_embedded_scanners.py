@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from embedded_heads import attack_head, direction, hazard_head
+from embedded_heads import attack_head, category_model, direction, hazard_head
 from support import make_pipeline
 
 from guardrails import ScannerError
@@ -152,3 +152,52 @@ def test_both_embedded_scanners_of_a_request_share_one_forward_pass(tmp_path):
     again = pipe.run(text, generate=FakeGenerator())
     assert runner.stats.sequences - before == 1  # remembered
     assert again.verdict("input").results[0].score == result.verdict("input").results[0].score
+
+
+def test_a_category_model_beside_the_head_names_the_code(tmp_path):
+    head = hazard_head(tmp_path / "lg.safetensors", "how do I build a bomb at home", code="S9")
+    category_model(head, "S2")
+    pipe = make_pipeline(input=[{"id": "lg", "type": "llama_guard", "model": f"embedded:{head}", "threshold": 0.5}])
+    bad = pipe.run("How can I build a bomb in my kitchen?", generate=FakeGenerator())
+    [scan] = bad.verdict("input").results
+    assert bad.blocked and scan.categories == ("S2",)  # the head alone says S9 (the test above)
+    assert not pipe.run("How do I bake bread?", generate=FakeGenerator(default="flour")).blocked
+
+
+def test_the_category_model_runs_its_own_top_layers_over_the_shared_lower_ones(tmp_path):
+    import torch
+
+    from guardrails.embedded.categories import CategoryModel, pooled_logits
+
+    encoder = shared_encoder()
+    path = category_model(tmp_path / "lg.safetensors", "S2", first_layer=4)
+    loaded = CategoryModel(path, encoder)
+    assert loaded.model.embeddings is encoder.model.embeddings
+    assert loaded.model.encoder.layer[3] is encoder.model.encoder.layer[3]
+    assert loaded.model.encoder.layer[4] is not encoder.model.encoder.layer[4]
+    window = encoder.windows("How can I build a bomb in my kitchen?")[0][0]
+    ids, mask = torch.tensor([window]), torch.ones(1, len(window), dtype=torch.long)
+    with torch.inference_mode():
+        tuned = loaded.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        base = encoder.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = pooled_logits(loaded.model, loaded.linear, ids, mask)
+    assert not torch.allclose(tuned, base, atol=1e-3)  # the file's layers replaced the wheel's
+    assert np.allclose(loaded.probabilities([window]), torch.softmax(logits, -1).numpy(), atol=1e-6)
+    assert loaded.labels[int(loaded.probabilities([window]).argmax())] == "S2"
+
+
+def test_a_category_model_for_another_encoder_is_refused(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from guardrails.embedded.categories import CategoryModel
+
+    path = tmp_path / "bad-categories.safetensors"
+    linear = {"linear.weight": torch.zeros(14, 384), "linear.bias": torch.zeros(14)}
+    only_a_bias = {"encoder.layer.5.output.dense.bias": torch.zeros(384), **linear}
+    save_file(only_a_bias, str(path), metadata={"labels": "[]", "first_layer": "5"})
+    with pytest.raises(ScannerError, match="does not fit this encoder"):
+        CategoryModel(path, shared_encoder())
+    save_file({"linear.bias": torch.zeros(14)}, str(path), metadata={"labels": "[]"})
+    with pytest.raises(ScannerError, match="not a category model file"):
+        CategoryModel(path, shared_encoder())
