@@ -47,12 +47,13 @@ class BatchStats:
 
 
 class _Job:
-    __slots__ = ("sequences", "future", "arrived")
+    __slots__ = ("sequences", "future", "arrived", "call")
 
-    def __init__(self, sequences: list[Sequence[int]]) -> None:
+    def __init__(self, sequences: list[Sequence[int]], call: Callable[[], Any] | None = None) -> None:
         self.sequences = sequences
         self.future: Future = Future()
         self.arrived = time.monotonic()
+        self.call = call
 
 
 class BatchRunner(Generic[T]):
@@ -96,6 +97,18 @@ class BatchRunner(Generic[T]):
     async def run(self, sequences: Sequence[Sequence[int]]) -> list[T]:
         return await asyncio.wrap_future(self.submit(sequences))
 
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """A future of ``fn()``, run on the runner's thread between forward passes: for other PyTorch work of the
+        same model (a second OpenMP team, which another thread's ops would start, slows every pass; see
+        bench/embedded_latency.py)."""
+        job = _Job([()], call=fn)  # counts as one sequence in the batch it is taken with
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the model runner is closed")
+            self._jobs.append(job)
+            self._cond.notify()
+        return job.future
+
     @property
     def queue_depth(self) -> int:
         with self._cond:
@@ -132,6 +145,14 @@ class BatchRunner(Generic[T]):
             jobs = self._take()
             if jobs is None:
                 return
+            for call in [job for job in jobs if job.call is not None]:
+                try:
+                    call.future.set_result(call.call())
+                except BaseException as exc:  # noqa: BLE001 - the caller gets the error
+                    call.future.set_exception(exc)
+            jobs = [job for job in jobs if job.call is None]
+            if not jobs:
+                continue
             try:
                 outputs = self._execute([s for job in jobs for s in job.sequences])
             except BaseException as exc:  # noqa: BLE001 - every waiting caller gets the error

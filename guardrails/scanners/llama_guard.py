@@ -298,7 +298,8 @@ class _EmbeddedBackend(_Backend):
         if self.categories is None:
             return f"unsafe\n{self.head.labels[1 + int(probs[1:].argmax())]}"
         window = self.encoder.windows(item.text)[worst][0]
-        [named] = await asyncio.to_thread(self.categories.probabilities, [window])
+        categories = self.categories  # on the encoder's thread, as its own passes run: one OpenMP team
+        [named] = await asyncio.wrap_future(self.encoder.runner.call(lambda: categories.probabilities([window])))
         return f"unsafe\n{self.categories.labels[int(named.argmax())]}"
 
 

@@ -91,3 +91,23 @@ def test_closed_runner_refuses_work():
     runner.close()
     with pytest.raises(RuntimeError, match="closed"):
         runner.submit([[1]])
+
+
+def test_a_call_runs_on_the_runner_thread_between_passes_and_its_error_reaches_only_its_caller():
+    threads = []
+
+    def forward(batch):
+        threads.append(threading.current_thread().name)
+        return [len(s) for s in batch]
+
+    runner = BatchRunner(forward, max_batch=8, max_wait_ms=0, name="calls")
+    try:
+        called = runner.call(lambda: threading.current_thread().name)
+        assert called.result(timeout=5) == "guardrails-calls"
+        failing = runner.call(lambda: 1 / 0)
+        passes = runner.submit([[1, 2], [3]])
+        with pytest.raises(ZeroDivisionError):
+            failing.result(timeout=5)
+        assert passes.result(timeout=5) == [2, 1] and threads == ["guardrails-calls"]
+    finally:
+        runner.close()
