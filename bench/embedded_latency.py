@@ -2,7 +2,8 @@
 
 Run: .venv/bin/python bench/embedded_latency.py [--requests N]
 
-Each request is one short prompt (4-30 words) scanned alone (no concurrency): the latency a single user sees. The
+Each request is one short prompt (4-30 words) scanned alone (no concurrency): the latency a single user sees
+("llama-guard-mini flagged": every prompt flagged, so the category model names its S-code too). The
 baseline is a bare forward pass of the same MiniLM encoder over the same text in this process (tokenizer, then one
 padded batch of 1 through the encoder's model thread: no windows, no head, no pipeline); the ratio shows what the
 scanner adds around the model.
@@ -63,6 +64,10 @@ def main() -> None:
         ),
         "llama-guard-mini": scanner_class("llama_guard").config_model(
             type="llama_guard", id="lg", model="embedded:llama-guard-mini"
+        ),
+        # a threshold that flags every prompt: each one also runs the category model, as a flagged prompt does
+        "llama-guard-mini flagged": scanner_class("llama_guard").config_model(
+            type="llama_guard", id="lg-flagged", model="embedded:llama-guard-mini", threshold=1e-9
         ),
     }
     built = {name: scanner_class(c.type)(c) for name, c in scanners.items()}
