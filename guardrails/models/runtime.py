@@ -87,12 +87,7 @@ class BatchRunner(Generic[T]):
         if not job.sequences:
             job.future.set_result([])
             return job.future
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the model runner is closed")
-            self._jobs.append(job)
-            self._cond.notify()
-        return job.future
+        return self._enqueue(job)
 
     async def run(self, sequences: Sequence[Sequence[int]]) -> list[T]:
         return await asyncio.wrap_future(self.submit(sequences))
@@ -101,7 +96,9 @@ class BatchRunner(Generic[T]):
         """A future of ``fn()``, run on the runner's thread between forward passes: for other PyTorch work of the
         same model (a second OpenMP team, which another thread's ops would start, slows every pass; see
         bench/embedded_latency.py)."""
-        job = _Job([()], call=fn)  # counts as one sequence in the batch it is taken with
+        return self._enqueue(_Job([()], call=fn))  # counts as one sequence in the batch it is taken with
+
+    def _enqueue(self, job: _Job) -> Future:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the model runner is closed")
