@@ -275,7 +275,11 @@ class _EmbeddedBackend(_Backend):
         self.categories: CategoryModel | None = None
         path = categories_path(self.head_path)
         if path.is_file():  # without one (a head trained with --category-layers 0), the head names the S-code
-            self.categories = CategoryModel(path, self.encoder)
+            # Built on the encoder's thread, as its passes run: copying and converting the layers here would start
+            # a second OpenMP team on this thread, and every forward pass of the process got 1.6x slower (12 -> 19
+            # ms, bench/embedded_latency.py).
+            load = self.encoder.runner.call(lambda: CategoryModel(path, self.encoder))
+            self.categories = load.result()
             if self.categories.labels != self.head.labels[1:]:
                 raise ValueError(f"{path} names {self.categories.labels}, its head {self.head.labels[1:]}")
 
