@@ -67,7 +67,9 @@ def _fine_tuned(name: str, first_layer: int) -> bool:
 class CategoryModel:
     """Loads ``path`` over ``encoder``'s model: a copy whose fine-tuned layers take the file's weights, the rest shared.
 
-    ``probabilities`` is thread-safe (one forward pass at a time: it runs only for flagged texts)."""
+    ``probabilities`` is thread-safe (one forward pass at a time: it runs only for flagged texts). Build and call it
+    on the encoder's thread (``encoder.runner.call``), as the scanner does: PyTorch ops from another thread start a
+    second OpenMP team, which slows every forward pass of the process."""
 
     def __init__(self, path: Path, encoder: Any) -> None:
         import torch
