@@ -86,7 +86,8 @@ class CategoryModel:
             raise ScannerError(f"{path} is not a category model file ({exc!r} missing or malformed)") from None
         self.metadata = metadata
         base = encoder.model
-        self.model = copy.deepcopy(base).eval()
+        shared = [base.embeddings, *base.encoder.layer[: self.first_layer]]  # the unchanged lower part: not copied
+        self.model = copy.deepcopy(base, memo={id(m): m for m in shared}).eval()
         expected = {k for k in self.model.state_dict() if _fine_tuned(k, self.first_layer)}
         if set(tensors) != expected:
             raise ScannerError(
@@ -94,9 +95,6 @@ class CategoryModel:
                 f"the encoder has {len(expected)}; retrain with `python -m guardrails.train llama-guard-mini`"
             )
         self.model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
-        self.model.embeddings = base.embeddings  # the unchanged lower part is the encoder's own: no second copy
-        for i in range(self.first_layer):
-            self.model.encoder.layer[i] = base.encoder.layer[i]
         self.linear = torch.nn.Linear(weight.shape[1], weight.shape[0])
         self.linear.load_state_dict({"weight": weight.float(), "bias": bias.float()})
         self.linear.eval()

@@ -248,7 +248,9 @@ def _category_model(run: Run) -> list[str]:
         f"{cfg.category_lr:g}, linear layer {LINEAR_LR:g}, {cfg.category_epochs} epochs, batches of {BATCH}). "
         "The scanner runs it only on a text the head flagged, on its most unsafe window. It exists because the "
         "frozen features name too few codes right: see Categories, where the head's own top-1 is given too. The "
-        "leave-one-set-out top-1 is the head's (the category model is not retrained per set).",
+        "leave-one-set-out top-1 is the head's (the category model is not retrained per set). Rebuild it, with the "
+        f"head, by `python -m guardrails.train {run.spec.name} --data ../shared/data`; `--category-layers 0` "
+        "leaves it out (the head names the S-code).",
     ]
 
 
