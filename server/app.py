@@ -15,7 +15,6 @@ pipeline, which flushes the audit log (uvicorn first lets in-flight requests fin
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -34,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guardrails import Pipeline, Stage
 from guardrails.audit.settings import SQLiteSinkSettings
+from server import codec
 from server.auth import KeyRing, Principal, RateLimiter
 from server.errors import (
     JSON,
@@ -234,7 +234,7 @@ def _json_object(scope: Scope, body: bytes) -> dict[str, Any] | None:
     if not body:
         return None
     try:
-        parsed = json.loads(body)
+        parsed = codec.loads(body)
     except ValueError:
         return None
     return parsed if isinstance(parsed, dict) else None
@@ -281,7 +281,12 @@ class _Edge:
                 await error_response(TooLarge(f"the request body is over {limit} bytes"))(scope, receive, send_with_id)
                 return
             handler = await self._generation(fast, scope, body) if fast is not None else None
-            await (self.app if handler is None else handler)(scope, _replay(body, receive), send_with_id)
+            if handler is None:
+                await self.app(scope, _replay(body, receive), send_with_id)
+            else:  # the answer is known: its headers take the id now, and it goes to uvicorn without a wrapper
+                handler.raw_headers.append((b"x-request-id", state["request_id"].encode()))
+                await handler(scope, _replay(body, receive), send)
+                status = handler.status_code
         except Exception as exc:  # noqa: BLE001 - log the type, never a traceback (it could quote content)
             log.error("request %s failed: %s", state["request_id"], type(exc).__name__)
         finally:

@@ -20,11 +20,12 @@ finds the audit record.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 from fastapi.responses import JSONResponse
+
+from server import codec
 
 __all__ = [
     "ServerError",
@@ -117,15 +118,11 @@ def error_body(exc: ServerError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code, **exc.extra}}
 
 
-# One encoder for every answer: json.dumps with options builds a new one per call.
-_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
-
-
 class JSON(JSONResponse):
-    """JSON in ASCII: text that arrived as JSON escapes (a lone surrogate, say) goes back out as escapes."""
+    """Compact JSON by :func:`server.codec.dumps` (a lone surrogate that arrived as an escape goes back out as one)."""
 
     def render(self, content: Any) -> bytes:
-        return _encode(content).encode()
+        return codec.dumps(content)
 
 
 def error_response(exc: ServerError) -> JSONResponse:

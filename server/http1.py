@@ -7,9 +7,9 @@ It does what an OpenAI-compatible upstream needs and no more: one origin (http o
 redirects, no compression (it asks for ``identity``), no proxies from the environment.
 
 Errors: :class:`ConnectError` (nothing listening, DNS, TLS), :class:`ProtocolError` (the connection broke or the
-answer is not HTTP/1.1); timeouts are the caller's (``asyncio.timeout``), so a slow upstream raises ``TimeoutError``.
-A response read to its end returns its connection to the pool; one abandoned part-way (a client that went away)
-closes it, so the upstream sees the disconnect and stops generating.
+answer is not HTTP/1.1); timeouts are the caller's (``asyncio.timeout``, :mod:`server.deadlines`), so a slow upstream
+raises ``TimeoutError``. A response read to its end returns its connection to the pool; one abandoned part-way (a
+client that went away) closes it, so the upstream sees the disconnect and stops generating.
 """
 
 from __future__ import annotations

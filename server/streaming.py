@@ -20,7 +20,6 @@ the pipeline stream is cancelled, which closes the upstream request.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from guardrails import Pipeline, Result, Stage
+from server import codec
 from server.errors import ServerError, UpstreamError, error_body
 from server.metrics import Metrics
 from server.proxy import Call, input_blocked, marker, pack_output, summary, unpack_output
@@ -44,7 +44,7 @@ _TOOL_PREFIX = "\n\n[tool call "
 
 
 def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + codec.dumps(obj) + b"\n\n"
 
 
 _DONE = b"data: [DONE]\n\n"

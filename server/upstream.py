@@ -14,7 +14,6 @@ objects. Failures are :mod:`server.errors` exceptions: :class:`~server.errors.Up
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import time
@@ -23,7 +22,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Literal, Protocol
 
-from server import http1
+from server import codec, http1
+from server.deadlines import Deadlines
 from server.errors import RateLimited, ServerError, UpstreamError, UpstreamRejected, UpstreamTimeout
 
 __all__ = ["Upstream", "Kind", "HTTPUpstream", "TextGeneratorUpstream", "engine_upstream"]
@@ -81,18 +81,12 @@ def _transport_error(exc: BaseException, timeout: float) -> ServerError:
     return UpstreamError(f"the upstream connection failed: {exc}", code="upstream_error")
 
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder (json.dumps with options builds one a call)
-
-
-def _dumps(body: dict[str, Any]) -> bytes:
-    return _encode(body).encode()  # ASCII: a lone surrogate stays an escape
-
-
 class HTTPUpstream:
     """An OpenAI-compatible server at ``base_url`` (ending in ``/v1``), over one keep-alive connection pool.
 
     ``timeout`` bounds a whole non-streamed answer, the wait for a stream's first bytes, and each wait between
-    streamed chunks; ``connect_timeout`` bounds opening a connection.
+    streamed chunks, each to within ``min(timeout / 10, 0.05)`` seconds (:mod:`server.deadlines`);
+    ``connect_timeout`` bounds opening a connection.
     """
 
     def __init__(
@@ -106,6 +100,7 @@ class HTTPUpstream:
     ) -> None:
         self.name = base_url
         self.timeout = timeout
+        self._deadlines = Deadlines(resolution=min(0.05, timeout / 10))  # one timer for all waits, not one each
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._pool = http1.Pool(
             base_url, max_connections=max_connections, connect_timeout=connect_timeout, headers=headers
@@ -116,18 +111,18 @@ class HTTPUpstream:
         return list(data.get("data") or [])
 
     async def complete(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._request("POST", _PATHS[kind], _dumps({**body, "stream": False}))
+        return await self._request("POST", _PATHS[kind], codec.dumps({**body, "stream": False}))
 
     async def _request(self, method: str, path: str, body: bytes | None) -> dict[str, Any]:
         try:
-            async with asyncio.timeout(self.timeout):  # the whole answer, not only each read
+            async with self._deadlines.within(self.timeout):  # the whole answer, not only each read
                 response = await self._pool.request(method, path, body)
         except (http1.HTTPError, TimeoutError) as exc:
             raise _transport_error(exc, self.timeout) from None
         if response.status != 200:
             raise _status_error(response.status, response.reason, response.headers, response.body)
         try:
-            data = json.loads(response.body)
+            data = codec.loads(response.body)
         except ValueError:
             raise UpstreamError("the upstream answered something that is not JSON", code="upstream_error") from None
         if not isinstance(data, dict):
@@ -137,14 +132,14 @@ class HTTPUpstream:
     @asynccontextmanager
     async def stream(self, kind: Kind, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         try:
-            async with asyncio.timeout(self.timeout):
-                response = await self._pool.stream("POST", _PATHS[kind], _dumps({**body, "stream": True}))
+            async with self._deadlines.within(self.timeout):
+                response = await self._pool.stream("POST", _PATHS[kind], codec.dumps({**body, "stream": True}))
         except (http1.HTTPError, TimeoutError) as exc:
             raise _transport_error(exc, self.timeout) from None
         try:
             if response.status != 200:
                 try:
-                    async with asyncio.timeout(self.timeout):
+                    async with self._deadlines.within(self.timeout):
                         data = await response.read()
                 except (http1.HTTPError, TimeoutError):
                     data = b""
@@ -158,7 +153,7 @@ class HTTPUpstream:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self.timeout):  # between chunks
+                    async with self._deadlines.within(self.timeout):  # between chunks
                         line = await anext(lines)
                 except StopAsyncIteration:
                     return
@@ -168,7 +163,7 @@ class HTTPUpstream:
                 if data == "[DONE]":
                     return
                 try:
-                    event = json.loads(data)
+                    event = codec.loads(data)
                 except ValueError:
                     raise UpstreamError("the upstream sent an event that is not JSON", code="upstream_error") from None
                 if isinstance(event, dict) and event.get("error"):
