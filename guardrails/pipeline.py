@@ -51,6 +51,12 @@ log = logging.getLogger("guardrails")
 
 Generate = Callable[..., Any]
 _NO_RESULTS: tuple[ScanResult, ...] = ()
+# A stage without scanners allows; its verdicts are immutable, so one of each serves every request.
+_ALLOWED = {
+    (stage, enforced): Verdict(stage, Decision.ALLOW, _NO_RESULTS, enforced)
+    for stage in Stage
+    for enforced in (True, False)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +211,7 @@ async def run_stage(stage: Stage, compiled: _Compiled, items: list[ScanInput]) -
     scanners = compiled.scanners(stage)
     enforced = compiled.enforced(stage)
     if not scanners:
-        return Verdict(stage, Decision.ALLOW, _NO_RESULTS, enforced)
+        return _ALLOWED[stage, enforced]
     loop = asyncio.get_running_loop()
     start = loop.time()
     slots: list[ScanResult | None] = [None] * len(scanners)

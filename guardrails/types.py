@@ -36,6 +36,9 @@ class Role(str, enum.Enum):
     TOOL = "tool"
 
 
+_ROLES = {role.value: role for role in Role}
+
+
 class Stage(str, enum.Enum):
     INPUT = "input"
     OUTPUT = "output"
@@ -109,8 +112,9 @@ class Message:
             content = "\n".join(
                 part.get("text", "") for part in content if isinstance(part, Mapping) and part.get("type") == "text"
             )
+        role = data["role"]
         return cls(
-            role=data["role"],
+            role=_ROLES.get(role, role) if isinstance(role, str) else role,  # Role(value) is slow; __post_init__ checks
             content=content,
             name=data.get("name"),
             tool_call_id=data.get("tool_call_id"),
@@ -258,7 +262,7 @@ class Result:
         )
 
     def verdict(self, stage: Stage | str) -> Verdict | None:
-        stage = Stage(stage)
+        stage = stage if isinstance(stage, Stage) else Stage(stage)
         return next((v for v in self.verdicts if v.stage is stage), None)
 
     def to_dict(self) -> dict[str, Any]:
