@@ -285,8 +285,8 @@ class _Edge:
                 await self.app(scope, _replay(body, receive), send_with_id)
             else:  # the answer is known: its headers take the id now, and it goes to uvicorn without a wrapper
                 handler.raw_headers.append((b"x-request-id", state["request_id"].encode()))
+                status = handler.status_code  # its start goes first (a stream's too)
                 await handler(scope, _replay(body, receive), send)
-                status = handler.status_code
         except Exception as exc:  # noqa: BLE001 - log the type, never a traceback (it could quote content)
             log.error("request %s failed: %s", state["request_id"], type(exc).__name__)
         finally:

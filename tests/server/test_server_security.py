@@ -198,3 +198,21 @@ def test_text_that_is_not_valid_unicode_is_no_server_error(proxy):
         ("/v1/guard/scan", '{"messages": [{"role": "user", "content": "\\ud800"}]}'),
     ):
         assert httpx.post(proxy.url + path, content=body, headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        (chat("hello"), 200),  # answered by the edge's own way in
+        (chat("hello", stream=True), 200),
+        ({"model": "m", "messages": "not a list"}, 400),
+        ([chat("hello")], 400),  # a JSON array: FastAPI's route answers
+    ],
+)
+def test_every_answer_carries_one_request_id(proxy, body, status):
+    response = post(proxy, "/v1/chat/completions", body)
+    assert response.status_code == status, response.text
+    ids = response.headers.get_list("x-request-id")
+    assert len(ids) == 1 and len(ids[0]) == 32, ids
+    if status == 200 and not body.get("stream"):
+        assert response.json()["id"] == "chatcmpl-" + ids[0]
