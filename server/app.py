@@ -8,13 +8,15 @@ generation endpoints take a shorter way: for a JSON-object body, :class:`_Edge` 
 proxy's own CPU per request in a profile under ``bench/proxy.py``); their FastAPI routes stay for the OpenAPI schema
 and answer every other body (empty, not JSON, not an object) as before.
 
-The pipeline and the upstream are built at start-up (lifespan) unless given; shutdown closes the upstream and the
-pipeline, which flushes the audit log (uvicorn first lets in-flight requests finish, up to ``shutdown_timeout``).
+The pipeline and the upstream are built at start-up (lifespan) unless given, and then (``freeze_gc``) everything
+alive is frozen out of the cyclic garbage collector's walks; shutdown closes the upstream and the pipeline, which
+flushes the audit log (uvicorn first lets in-flight requests finish, up to ``shutdown_timeout``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -91,6 +93,7 @@ class Services:
         self.upstream = upstream  # type: ignore[assignment]
         self._owned: list[str] = []
         self._ready: tuple[float, dict[str, Any]] | None = None
+        self._frozen = False
 
     async def start(self) -> None:
         s = self.settings
@@ -119,8 +122,15 @@ class Services:
                 raise ValueError("no upstream: give --upstream URL (an OpenAI-compatible server) or --model PATH")
             self._owned.append("upstream")
         self.metrics.watch(self.pipeline)
+        if s.freeze_gc:
+            gc.collect()
+            gc.freeze()
+            self._frozen = True
 
     async def stop(self) -> None:
+        if self._frozen:  # give a process that goes on (tests, an embedding app) its objects back
+            gc.unfreeze()
+            self._frozen = False
         if "upstream" in self._owned:
             await self.upstream.aclose()
         if "pipeline" in self._owned:

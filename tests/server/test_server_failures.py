@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import signal
 import socket
@@ -190,3 +192,27 @@ def test_shutdown_drains_in_flight_requests_and_flushes_the_audit_log(stub, tmp_
     with AuditStore(audit_db) as store:
         record = store.get(answers[0].headers["x-request-id"])
     assert record is not None and record["decision"] == "block"
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_start_up_freezes_the_garbage_collector_and_shutdown_thaws_it(tmp_path, freeze):
+    from server.app import Services
+    from server.upstream import HTTPUpstream
+
+    settings = Settings(upstream_url="http://127.0.0.1:9/v1", allow_unauthenticated=True, freeze_gc=freeze)
+    pipeline = Pipeline(make_policy(tmp_path / "audit.sqlite"))
+    services = Services(settings, pipeline=pipeline, upstream=HTTPUpstream(settings.upstream_url))
+
+    async def start_and_stop() -> tuple[int, int]:
+        await services.start()
+        during = gc.get_freeze_count()
+        await services.stop()
+        return during, gc.get_freeze_count()
+
+    gc.unfreeze()  # whatever an app started earlier in this process froze
+    try:
+        during, after = asyncio.run(start_and_stop())
+    finally:
+        pipeline.close()
+    assert (during > 1000) is freeze  # the start-up's objects (modules, policy, pipeline): thousands
+    assert after == 0
