@@ -749,8 +749,9 @@ class _Request:
         limited = self._audit_refusal(Stage.INPUT) or _input_limits(self.compiled, self.messages)
         if limited is not None:
             return limited
-        items = _input_items(self.messages) if self.compiled.input else []  # none to build for no scanners
-        verdict = await run_stage(Stage.INPUT, self.compiled, items)
+        if not self.compiled.input:  # nothing to build or run
+            return _ALLOWED[Stage.INPUT, self.compiled.enforced(Stage.INPUT)]
+        verdict = await run_stage(Stage.INPUT, self.compiled, _input_items(self.messages))
         if verdict.effective is Decision.REDACT:
             spans = _redaction_spans(verdict, self.compiled)
             self.messages = tuple(
@@ -766,8 +767,9 @@ class _Request:
         limit = self.compiled.policy.limits.max_output_chars
         if len(response) > limit:
             return _limit_verdict(Stage.OUTPUT, f"response of {len(response)} characters; the limit is {limit}")
-        items = [_output_item(self.messages, response)] if self.compiled.output else []
-        return await run_stage(Stage.OUTPUT, self.compiled, items)
+        if not self.compiled.output:
+            return _ALLOWED[Stage.OUTPUT, self.compiled.enforced(Stage.OUTPUT)]
+        return await run_stage(Stage.OUTPUT, self.compiled, [_output_item(self.messages, response)])
 
     def redact_output(self, response: str, verdict: Verdict) -> str:
         if verdict.effective is not Decision.REDACT:
