@@ -24,13 +24,16 @@ class Deadlines:
         self.resolution = resolution
         self._waits: dict[_Wait, None] = {}  # insertion-ordered set
         self._ticker: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the ticker's
 
     def within(self, seconds: float) -> _Wait:
         return _Wait(self, seconds)
 
     def _add(self, wait: _Wait, loop: asyncio.AbstractEventLoop) -> None:
         self._waits[wait] = None
-        if self._ticker is None:
+        if self._ticker is None or self._loop is not loop:  # not running, or left behind on a loop that ended
+            self._waits = {w: None for w in self._waits if w.task.get_loop() is loop}
+            self._loop = loop
             self._ticker = loop.call_later(self.resolution, self._tick, loop)
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -79,3 +79,23 @@ def test_many_concurrent_waits_time_out_independently():
 def test_resolution_must_be_positive():
     with pytest.raises(ValueError):
         Deadlines(resolution=0)
+
+
+def test_a_ticker_left_on_an_ended_loop_does_not_stop_the_next_loop():
+    deadlines = Deadlines(resolution=0.01)
+
+    async def quick():
+        async with deadlines.within(10):
+            await asyncio.sleep(0)
+
+    asyncio.run(quick())  # the wait ended, but the ticker (due in 10 ms) was still armed when the loop closed
+    assert deadlines._ticker is not None
+
+    async def slow():
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async with deadlines.within(0.05):
+                await asyncio.sleep(3)
+        return time.monotonic() - start
+
+    assert run(slow()) < 1.0
