@@ -1,8 +1,8 @@
 """JSON on the sidecar's request path: pydantic-core's Rust parser and writer, the standard library as fallback.
 
 Every guarded request parses its body and the upstream's answer and writes the upstream's body and the answer
-(streams: every chunk). With the ``json`` module that is about 12 us of CPU per request, with pydantic-core (already
-installed: pydantic is built on it) about 3. The results are ``json``'s, except where noted:
+(streams: every chunk). For a short chat request that is 11 us of CPU with the ``json`` module and 3.3 us with
+pydantic-core (already installed: pydantic is built on it). The results are ``json``'s, except where noted:
 
 - :func:`loads` reads what ``json.loads`` reads (``NaN``, integers of any size) into the same objects. pydantic-core
   refuses a lone surrogate escape (``"\\ud800"``), which ``json`` reads: such texts, and invalid JSON, go to ``json``,
