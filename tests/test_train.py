@@ -204,8 +204,8 @@ def test_llama_guard_mini_learns_categories(data, tmp_path):
 
 
 def test_the_category_model_file_gives_the_measured_top1(data, tmp_path):
-    """What the card measures is what ships: the file's model (float16 layers) names the dev rows' codes with the
-    reported top-1, and the scanner's code for a flagged prompt comes from it."""
+    """What the card measures is what ships: the file's model (int8 matrices, float16 rest) names the dev rows' codes
+    with the reported top-1, and the scanner's code for a flagged prompt comes from it."""
     cfg = _config(tmp_path, data, loso=False, category_epochs=3)
     run = train(SPECS["llama-guard-mini"], cfg)
     path = categories_path(cfg.out / "llama-guard-mini.safetensors")

@@ -6,9 +6,10 @@ frozen features hold: on the dev split, heads and standalone classifiers over th
 model card has the shipped figure). It runs only on a text the head flagged (the scanner asks for an answer only
 then), on that text's most unsafe window, so an allowed request never pays for it.
 
-File: ``<head>-categories.safetensors`` next to the head: the fine-tuned layers in float16 under the encoder's own
-parameter names, and a linear layer over their mean-pooled, L2-normalised output; the labels and the first
-fine-tuned layer in the metadata. The layers below it are the wheel's, shared with the encoder.
+File: ``<head>-categories.safetensors`` next to the head: the fine-tuned layers under the encoder's own parameter
+names, their weight matrices in int8 with a float32 scale per row (``<name>.scale``, see :func:`quantize`), biases
+and norms in float16; a linear layer over their mean-pooled, L2-normalised output in float32; the labels and the
+first fine-tuned layer in the metadata. The layers below it are the wheel's, shared with the encoder.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from guardrails._exceptions import ScannerError
 from guardrails.models.runtime import pad_right
 
-__all__ = ["CategoryModel", "categories_path", "pooled_logits", "save_categories"]
+__all__ = ["CategoryModel", "categories_path", "pooled_logits", "save_categories", "quantize", "shipped"]
 
 SCALE = 10.0  # pooled unit vectors are scaled before the linear layer (it trains faster than on unit vectors)
 LAYER_PREFIX = "encoder.layer."
@@ -44,16 +45,40 @@ def pooled_logits(model: Any, linear: Any, input_ids: Any, mask: Any) -> Any:
     return linear(torch.nn.functional.normalize(pooled, p=2, dim=1) * SCALE)
 
 
+def quantize(weight: Any) -> tuple[Any, Any]:
+    """(int8 values, float32 scale per row) of a weight matrix, symmetric. Each scale is rounded down to 11
+    significant bits, so ``values * scale`` is exact in float32 and quantizing that again gives the same values and
+    scales: the weights a training run measures (:func:`shipped`) are the weights the file gives back."""
+    import torch
+
+    top = weight.detach().float().abs().amax(dim=1).clamp_min(1e-12) / 127
+    mantissa, exponent = torch.frexp(top)
+    scale = torch.ldexp(torch.floor(mantissa * 2048) / 2048, exponent)
+    values = torch.clamp(torch.round(weight.detach().float() / scale[:, None]), -127, 127).to(torch.int8)
+    return values.contiguous(), scale.contiguous()
+
+
+def shipped(value: Any) -> Any:
+    """``value`` as the file holds it (float32): weight matrices through :func:`quantize`, the rest through float16."""
+    if value.dim() == 2:
+        values, scale = quantize(value)
+        return values.float() * scale[:, None]
+    return value.detach().half().float()
+
+
 def save_categories(model: Any, linear: Any, first_layer: int, labels: tuple[str, ...], path: Path,
                     metadata: dict[str, str]) -> None:  # fmt: skip
-    """Write the layers from ``first_layer`` up (float16) and ``linear`` (float32) to ``path``."""
+    """Write the layers from ``first_layer`` up (int8 matrices, float16 rest) and ``linear`` (float32) to ``path``."""
     from safetensors.torch import save_file
 
-    tensors = {
-        name: value.detach().to("cpu").half().contiguous()
-        for name, value in model.state_dict().items()
-        if _fine_tuned(name, first_layer)
-    }
+    tensors = {}
+    for name, value in model.state_dict().items():
+        if not _fine_tuned(name, first_layer):
+            continue
+        if value.dim() == 2:
+            tensors[name], tensors[f"{name}.scale"] = quantize(value.to("cpu"))
+        else:
+            tensors[name] = value.detach().to("cpu").half().contiguous()
     tensors |= {"linear.weight": linear.weight.detach().float(), "linear.bias": linear.bias.detach().float()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"labels": json.dumps(labels), "first_layer": str(first_layer), **metadata})
@@ -82,7 +107,9 @@ class CategoryModel:
             self.labels = tuple(json.loads(metadata["labels"]))
             self.first_layer = int(metadata["first_layer"])
             weight, bias = tensors.pop("linear.weight"), tensors.pop("linear.bias")
-        except (KeyError, ValueError) as exc:
+            scales = {k.removesuffix(".scale"): tensors.pop(k) for k in list(tensors) if k.endswith(".scale")}
+            tensors |= {k: tensors[k].float() * scale[:, None] for k, scale in scales.items()}
+        except (KeyError, ValueError, RuntimeError) as exc:
             raise ScannerError(f"{path} is not a category model file ({exc!r} missing or malformed)") from None
         self.metadata = metadata
         base = encoder.model

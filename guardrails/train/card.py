@@ -242,9 +242,9 @@ def _category_model(run: Run) -> list[str]:
     rows = ", ".join(f"{n} of {s}" for s, n in run.report["category_training_rows"].items())
     return [
         f"- Category model (`{name}`, {size / 2**20:.1f} MiB, `guardrails/embedded/categories.py`): the encoder "
-        f"with its top {len(model.encoder.layer) - first} layers (from layer {first}) fine-tuned, in float16, and a "
-        "linear layer over their mean-pooled, L2-normalised output, trained to name the S-code of the "
-        f"coded training rows ({rows}; classes weighed equally; AdamW lr "
+        f"with its top {len(model.encoder.layer) - first} layers (from layer {first}) fine-tuned (weight matrices in "
+        "int8 with a scale per row, the rest in float16), and a linear layer over their mean-pooled, L2-normalised "
+        f"output, trained to name the S-code of the coded training rows ({rows}; classes weighed equally; AdamW lr "
         f"{cfg.category_lr:g}, linear layer {LINEAR_LR:g}, {cfg.category_epochs} epochs, batches of {BATCH}). "
         "The scanner runs it only on a text the head flagged, on its most unsafe window. It exists because the "
         "frozen features name too few codes right: see Categories, where the head's own top-1 is given too. The "

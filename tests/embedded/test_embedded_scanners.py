@@ -201,3 +201,19 @@ def test_a_category_model_for_another_encoder_is_refused(tmp_path):
     save_file({"linear.bias": torch.zeros(14)}, str(path), metadata={"labels": "[]"})
     with pytest.raises(ScannerError, match="not a category model file"):
         CategoryModel(path, shared_encoder())
+
+
+def test_the_category_files_int8_matrices_round_trip_exactly():
+    import torch
+
+    from guardrails.embedded.categories import quantize, shipped
+
+    weight = torch.randn(64, 48) * torch.logspace(-3, 1, 64)[:, None]  # rows of very different sizes
+    values, scale = quantize(weight)
+    assert values.dtype == torch.int8 and values.abs().max() == 127
+    restored = shipped(weight)
+    assert torch.equal(restored, values.float() * scale[:, None])
+    assert ((restored - weight).abs() <= scale[:, None] / 2 + 1e-12).all()  # at most half a step off
+    again_values, again_scale = quantize(restored)  # what the file holds gives back what training measured
+    assert torch.equal(again_values, values) and torch.equal(again_scale, scale)
+    assert torch.equal(shipped(restored), restored)
